@@ -1,0 +1,90 @@
+"""Typed, validated view of params.yaml: every error is one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from digitlab.errors import DigitlabError
+
+DATASETS = ("mnist", "fashion_mnist")
+Digit = int | Literal["all"]
+
+
+class ParamsError(DigitlabError):
+    """params.yaml is missing, unreadable, or holds a key or value that is not allowed."""
+
+
+def _check_digit(value: Any) -> Digit:
+    if value == "all" or (type(value) is int and 0 <= value <= 9):
+        return value
+    raise ValueError("must be a digit 0-9 or 'all'")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    dataset: Literal["mnist", "fashion_mnist"]
+    val_size: int = Field(ge=10, le=50_000)
+
+
+class Params(_Section):
+    seed: int = Field(ge=0, le=2**32 - 1)
+    digit: Annotated[Digit, BeforeValidator(_check_digit)]
+    data: DataParams
+
+    @property
+    def digits(self) -> list[int]:
+        """The digits the detector / GAN work on: one, or all ten."""
+        return list(range(10)) if self.digit == "all" else [int(self.digit)]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _one_line(err: dict[str, Any], source: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    kind = err["type"]
+    if kind == "missing":
+        return f"{source}: missing key '{key}'"
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(Params, loc))
+        return f"{source}: unknown key '{key}' (allowed here: {allowed})"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {key} = {err.get('input')!r} is not allowed: {message}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError with one line for the first bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_one_line(exc.errors()[0], source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    return parse_params(raw, str(path))
