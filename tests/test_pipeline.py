@@ -54,13 +54,27 @@ def mlflow_runs(repo: Path) -> list:
     return list(client.search_runs([experiment.experiment_id], max_results=1000))
 
 
+TINY = {
+    "classifier.arch": "mlp",
+    "classifier.hidden": [32],
+    "classifier.epochs": 1,
+    "classifier.batch_size": 256,
+    "gan.epochs": 1,
+    "gan.discriminator.hidden": [64, 32],
+    "gan.snapshots": 2,
+}
+ALL_STAGES = {"fetch", "prepare", "train_classifier", "evaluate", "train_gan"}
+
+
 @pytest.fixture(scope="module")
 def repo(raw_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A copy of the repo where `dvc repro` has run once with the default params."""
+    """A copy of the repo, its params shrunk for speed, where `dvc repro` has run once."""
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    for key, value in TINY.items():
+        set_param(repo, key, value)
     env = pipeline_env(raw_mnist)
     result = dvc(repo, env, "repro")
-    assert ran_stages(result.stdout) >= {"fetch", "prepare"}
+    assert ran_stages(result.stdout) == ALL_STAGES
     return repo, env
 
 
@@ -144,19 +158,161 @@ def test_bad_dataset_fails_in_one_line_and_keeps_data(repo: tuple[Path, dict[str
     assert not (path / "data/raw/cifar100").exists()
 
 
-def test_val_size_change_reruns_prepare_only(repo: tuple[Path, dict[str, str]]) -> None:
+# ---------------------------------------------------------------- classifier stages
+
+
+def read_metrics(repo: Path) -> dict:
+    return json.loads((repo / "reports/classifier/metrics.json").read_text())
+
+
+def test_classifier_outputs_recompute_from_predictions(repo: tuple[Path, dict[str, str]]) -> None:
+    import pandas as pd
+
+    path, env = repo
+    metrics = read_metrics(path)
+    predictions = pd.read_csv(path / "reports/classifier/predictions.csv")
+    assert list(predictions.columns) == ["index", "true", "predicted", "score"]
+    assert len(predictions) == 10_000 == metrics["n_test"]
+    assert metrics["accuracy"] == pytest.approx((predictions.true == predictions.predicted).mean())
+    said_yes, is_three = predictions.predicted == 3, predictions.true == 3
+    assert metrics["detector"]["tp"] == (said_yes & is_three).sum()
+    assert metrics["detector"]["fp"] == (said_yes & ~is_three).sum()
+    assert metrics["detector"]["precision"] == pytest.approx(
+        (said_yes & is_three).sum() / said_yes.sum()
+    )
+    assert metrics["accuracy"] > 0.9  # a 1-epoch MLP with 32 hidden units
+    table = pd.read_csv(path / "reports/classifier/breakdown.csv")
+    assert len(table) == 9 and table.false_positives.sum() == metrics["detector"]["fp"]
+    for figure in ("confusion.png", "breakdown.png", "mistakes.png"):
+        assert (path / "reports/classifier/figures" / figure).stat().st_size > 5000
+    history = pd.read_csv(path / "reports/classifier/history.csv")
+    assert list(history.epoch) == [1]
+    shown = dvc(path, env, "metrics", "show").stdout
+    assert "detector.precision" in shown
+    dvc(path, env, "plots", "show", "-o", str(path / "plots_html"))
+    html = (path / "plots_html" / "index.html").read_text()
+    assert "Confusion matrix (test set)" in html and "Classifier loss" in html
+
+
+def test_classifier_runs_in_mlflow(repo: tuple[Path, dict[str, str]]) -> None:
+    import mlflow
+
+    path, _ = repo
+    runs = {r.info.run_name: r for r in mlflow_runs(path)}
+    train, evaluate = runs["train_classifier"], runs["evaluate"]
+    assert train.data.params["classifier.arch"] == "mlp"
+    assert int(train.data.params["n_parameters"]) == 784 * 32 + 32 + 32 * 10 + 10
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(train.data.metrics)
+    assert evaluate.data.metrics["test/accuracy"] == pytest.approx(read_metrics(path)["accuracy"])
+    assert evaluate.data.params["classifier.hidden"] == "[32]"
+    client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    history = client.get_metric_history(train.info.run_id, "val/acc")
+    assert [m.step for m in history] == [1]
+    assert {a.path for a in client.list_artifacts(train.info.run_id, "model")} == {
+        "model/classifier.pt"
+    }
+    figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "figures")}
+    assert figures == {"figures/confusion.png", "figures/breakdown.png", "figures/mistakes.png"}
+
+
+def test_digit_change_reevaluates_without_retraining(repo: tuple[Path, dict[str, str]]) -> None:
+    path, env = repo
+    model = (path / "models/classifier.pt").read_bytes()
+    set_param(path, "digit", 7)
+    try:
+        assert changed_stages(path, env) == {"evaluate", "train_gan"}
+        assert ran_stages(dvc(path, env, "repro").stdout) == {"evaluate", "train_gan"}
+        table = __import__("pandas").read_csv(path / "reports/classifier/breakdown.csv")
+        assert set(table.digit) == {7} and 7 not in set(table.other)
+        set_param(path, "digit", "all")
+        assert ran_stages(dvc(path, env, "repro").stdout) == {"evaluate", "train_gan"}
+        metrics = read_metrics(path)
+        assert set(metrics["detector"]) == {str(d) for d in range(10)}
+        assert len(__import__("pandas").read_csv(path / "reports/classifier/breakdown.csv")) == 90
+    finally:
+        set_param(path, "digit", 3)
+        dvc(path, env, "repro")
+    assert (path / "models/classifier.pt").read_bytes() == model
+
+
+def test_same_params_and_seed_give_identical_metrics(repo: tuple[Path, dict[str, str]]) -> None:
+    path, env = repo
+    before = (path / "reports/classifier/metrics.json").read_bytes()
+    dvc(path, env, "repro", "-f", "-s", "train_classifier")
+    dvc(path, env, "repro", "-f", "-s", "evaluate")
+    assert (path / "reports/classifier/metrics.json").read_bytes() == before
+
+
+def test_diverging_training_fails_cleanly_and_keeps_the_model(
+    repo: tuple[Path, dict[str, str]],
+) -> None:
+    path, env = repo
+    model = (path / "models/classifier.pt").read_bytes()
+    set_param(path, "classifier.optimizer.name", "sgd")
+    set_param(path, "classifier.optimizer.lr", 10.0)
+    set_param(path, "classifier.scheduler", "none")
+    try:
+        result = dvc(path, env, "repro", check=False)
+        assert result.returncode != 0
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("digitlab: error")]
+        assert len(errors) == 1 and "classifier.optimizer.lr=10.0" in errors[0]
+        assert (path / "models/classifier.pt").read_bytes() == model
+        failed = [r for r in mlflow_runs(path) if r.info.run_name == "train_classifier"]
+        assert failed[0].info.status == "FAILED"  # newest first
+    finally:
+        for key, value in (
+            ("optimizer.name", "adam"),
+            ("optimizer.lr", 0.003),
+            ("scheduler", "onecycle"),
+        ):
+            set_param(path, f"classifier.{key}", value)
+    assert not changed_stages(path, env)
+
+
+def test_gan_outputs_and_mlflow_run(repo: tuple[Path, dict[str, str]]) -> None:
+    import mlflow
+    import pandas as pd
+
+    from digitlab.gan import Generator
+    from digitlab.models import load_checkpoint
+
+    path, _ = repo
+    generator = load_checkpoint(path / "models/generator.pt", "generator")
+    assert generator["config"]["hidden"] == [32, 64] and generator["digit"] == 3
+    Generator(generator["config"]).load_state_dict(generator["state_dict"])
+    assert load_checkpoint(path / "models/discriminator.pt", "discriminator")["config"][
+        "hidden"
+    ] == [64, 32]
+    history = pd.read_csv(path / "reports/gan/history.csv")
+    assert list(history.columns) == ["step", "d_loss", "g_loss", "d_real", "d_fake", "seconds"]
+    steps = 5620 // 64  # training images of digit 3 after the default split, batch 64
+    assert list(history.step) == [steps]
+    grids = sorted(p.name for p in (path / "reports/gan/progress").iterdir())
+    assert grids == [f"step_{round(steps / 2):06d}.png", f"step_{steps:06d}.png"]
+    run = next(r for r in mlflow_runs(path) if r.info.run_name == "train_gan")
+    assert run.data.params["gan.generator.layers"] == "[32, 64]"
+    assert {"gan/d_loss", "gan/g_loss", "gan/d_real", "gan/d_fake", "gan/diversity_ratio"} <= set(
+        run.data.metrics
+    )
+    client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    assert len(client.list_artifacts(run.info.run_id, "progress")) == 2
+
+
+# The last two tests leave the outputs out of date with params.yaml: keep them last.
+
+
+def test_val_size_change_reruns_prepare_and_downstream(repo: tuple[Path, dict[str, str]]) -> None:
     path, env = repo
     set_param(path, "data.val_size", 6000)
     try:
         assert changed_stages(path, env) == {"prepare"}
         result = dvc(path, env, "repro")
-        assert ran_stages(result.stdout) == {"prepare"}
+        assert ran_stages(result.stdout) == ALL_STAGES - {"fetch"}
         assert len(load_split(path / "data/prepared", "val")) == 6000
         diff = dvc(path, env, "params", "diff").stdout
         assert "data.val_size" in diff and "6000" in diff
-    finally:
+    finally:  # the next test reruns every stage anyway
         set_param(path, "data.val_size", 5000)
-        dvc(path, env, "repro")
 
 
 @pytest.mark.slow
@@ -169,7 +325,7 @@ def test_fashion_mnist_flows_through_the_same_stages(repo: tuple[Path, dict[str,
     set_param(path, "data.dataset", "fashion_mnist")
     try:
         result = dvc(path, env, "repro")
-        assert ran_stages(result.stdout) == {"fetch", "prepare"}
+        assert ran_stages(result.stdout) == ALL_STAGES
         assert "fetch: trying debian" in result.stdout
         train = load_split(path / "data/prepared", "train")
         assert train.images.shape == (55_000, 1, 28, 28) and train.images.dtype == torch.float32

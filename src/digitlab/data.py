@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision import datasets
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from digitlab.errors import DigitlabError
 from digitlab.files import atomic_dir
@@ -136,6 +134,8 @@ def _from_env_dir(dataset: str, staging: Path) -> None:
 
 
 def _from_torchvision(dataset: str, staging: Path) -> None:
+    from torchvision import datasets
+
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[dataset]
     with tempfile.TemporaryDirectory(dir=staging) as root:
         quiet = io.StringIO()
@@ -229,6 +229,8 @@ def fetch_raw(
 
 def read_raw(raw_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8 N×28×28) and labels (int64 N) of the official train or test split."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     prefix = "train" if train else "t10k"
     images = read_image_file(str(raw_dir / f"{prefix}-images-idx3-ubyte"))
     labels = read_label_file(str(raw_dir / f"{prefix}-labels-idx1-ubyte"))

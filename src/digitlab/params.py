@@ -33,10 +33,103 @@ class DataParams(_Section):
     val_size: int = Field(ge=10, le=50_000)
 
 
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class OptimizerParams(_Section):
+    name: Literal["adam", "sgd"]
+    lr: float = Field(gt=0, le=10)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+
+
+Activation = Literal["leaky_relu", "relu", "sigmoid", "tanh"]
+Hidden = list[Annotated[int, Field(ge=1, le=65_536)]]
+
+
+class ClassifierParams(_Section):
+    arch: Literal["mlp", "cnn", "lenet5"]
+    hidden: Hidden = Field(min_length=1)
+    activation: Activation
+    dropout: float = Field(ge=0, lt=1)
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(min_length=3, max_length=3)
+    loss: Literal["bce", "ce", "mse"]
+    optimizer: OptimizerParams
+    scheduler: Literal["none", "onecycle"]
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=0)
+
+    def architecture(self) -> dict[str, Any]:
+        """The keys that shape the saved model (what a checkpoint must match)."""
+        return self.model_dump(
+            include={"arch", "hidden", "activation", "dropout", "channels", "loss"}
+        )
+
+
+def _check_generator_hidden(value: Any) -> Any:
+    if value == "mirror":
+        return value
+    if isinstance(value, list) and value and all(type(v) is int and v >= 1 for v in value):
+        return value
+    raise ValueError(
+        "must be 'mirror' (the discriminator's layers reversed) or a list of sizes >= 1"
+    )
+
+
+class GANOptimizerParams(_Section):
+    name: Literal["adam", "sgd"]
+    lr: float = Field(gt=0, le=1)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=2, max_length=2)
+    momentum: float = Field(ge=0, lt=1)
+
+
+class DiscriminatorParams(_Section):
+    hidden: Hidden = Field(min_length=1)
+    activation: Activation
+    dropout: float = Field(ge=0, lt=1)
+
+
+class GeneratorParams(_Section):
+    hidden: Annotated[Literal["mirror"] | list[int], BeforeValidator(_check_generator_hidden)]
+    activation: Activation
+    dropout: float = Field(ge=0, lt=1)
+    batchnorm: bool
+    output: Literal["tanh", "sigmoid"]
+
+
+class GANParams(_Section):
+    schedule: Literal["epochs", "rounds"]
+    epochs: int = Field(ge=1, le=100_000)
+    rounds: int = Field(ge=1, le=1_000_000)
+    d_steps: int = Field(ge=1, le=10_000)
+    g_steps: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=1, le=65_536)
+    latent_size: int = Field(ge=1, le=4096)
+    latent: Literal["normal", "uniform"]
+    ema: float = Field(ge=0, lt=1)
+    snapshots: int = Field(ge=1, le=100)
+    discriminator: DiscriminatorParams
+    generator: GeneratorParams
+    optimizer_d: GANOptimizerParams
+    optimizer_g: GANOptimizerParams
+
+    def generator_config(self) -> dict[str, Any]:
+        """Everything that rebuilds the generator and samples from it."""
+        g = self.generator
+        hidden = (
+            list(reversed(self.discriminator.hidden)) if g.hidden == "mirror" else list(g.hidden)
+        )
+        return {"latent_size": self.latent_size, "latent": self.latent, "hidden": hidden,
+                "activation": g.activation, "dropout": g.dropout, "batchnorm": g.batchnorm,
+                "output": g.output}  # fmt: skip
+
+
 class Params(_Section):
     seed: int = Field(ge=0, le=2**32 - 1)
     digit: Annotated[Digit, BeforeValidator(_check_digit)]
     data: DataParams
+    classifier: ClassifierParams
+    gan: GANParams
 
     @property
     def digits(self) -> list[int]:

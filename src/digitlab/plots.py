@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
 
 from digitlab.data import Split
 from digitlab.files import atomic_path
@@ -14,6 +14,8 @@ from digitlab.files import atomic_path
 
 def grid_image(images: torch.Tensor, nrow: int, scale: int = 2, padding: int = 2) -> torch.Tensor:
     """Tile N×1×28×28 images in [0, 1] into one 3×H×W image, digits scaled up without blur."""
+    from torchvision.utils import make_grid
+
     images = images.detach().float().cpu().clamp(0, 1)
     if scale > 1:
         images = F.interpolate(images, scale_factor=scale, mode="nearest")
@@ -22,6 +24,8 @@ def grid_image(images: torch.Tensor, nrow: int, scale: int = 2, padding: int = 2
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 2) -> None:
     """Write a PNG grid of images atomically."""
+    from torchvision.utils import save_image
+
     with atomic_path(path) as tmp:
         save_image(grid_image(images, nrow, scale), tmp, format="png")
 
@@ -30,3 +34,114 @@ def class_rows(split: Split, per_class: int = 10, n_classes: int = 10) -> torch.
     """The first `per_class` images of each class, class by class (one grid row per class)."""
     rows = [split.images[split.labels == c][:per_class] for c in range(n_classes)]
     return torch.cat(rows)
+
+
+# ---------------------------------------------------------------- seaborn figures
+
+STYLE = {"style": "whitegrid", "context": "notebook", "palette": "deep"}
+
+
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(**STYLE)
+    return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def training_curves(history: pd.DataFrame, path: str | Path, title: str) -> None:
+    """Loss and accuracy per epoch, train vs validation."""
+    import seaborn as sns
+
+    fig, axes = _figure(ncols=2, width=5.5)
+    for ax, metric, label in ((axes[0, 0], "loss", "Loss"), (axes[0, 1], "acc", "Accuracy")):
+        long = history.melt("epoch", [f"train_{metric}", f"val_{metric}"], "split", label)
+        long["split"] = long["split"].str.removesuffix(f"_{metric}")
+        sns.lineplot(long, x="epoch", y=label, hue="split", marker="o", ax=ax)
+        ax.set(xlabel="Epoch", ylabel=label, title=f"{label} per epoch")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def confusion_heatmap(confusion: torch.Tensor, path: str | Path, labels: list[str]) -> None:
+    """The 10×10 confusion matrix, counts annotated, rows true and columns predicted."""
+    import seaborn as sns
+
+    fig, axes = _figure(width=7.5, height=6.5)
+    frame = pd.DataFrame(confusion.numpy(), index=labels, columns=labels)
+    sns.heatmap(frame, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0, 0])
+    axes[0, 0].set(xlabel="Predicted", ylabel="True", title="Confusion matrix (test set)")
+    save_figure(fig, path)
+
+
+def breakdown_bars(table: pd.DataFrame, path: str | Path) -> None:
+    """False positives (other digits called the chosen one) and false negatives (the chosen
+    digit called another), per other digit; one row of panels per chosen digit."""
+    import seaborn as sns
+
+    long = table.melt(["digit", "other"], ["false_positives", "false_negatives"], "kind", "count")
+    long["kind"] = long["kind"].map(
+        {
+            "false_positives": "other digit called chosen (FP)",
+            "false_negatives": "chosen digit called other (FN)",
+        }
+    )
+    grid = sns.catplot(
+        long, x="other", y="count", hue="kind", col="digit", col_wrap=min(5, table["digit"].nunique()),
+        kind="bar", height=3.2, aspect=1.3, legend_out=True,
+    )  # fmt: skip
+    grid.set_axis_labels("Other digit", "Test images")
+    grid.set_titles("Mistakes involving digit {col_name}")
+    sns.move_legend(
+        grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, title=None, frameon=False
+    )
+    save_figure(grid.figure, path)
+
+
+def labelled_grid(
+    images: torch.Tensor, labels: list[str], path: str | Path, title: str, ncols: int = 8
+) -> None:
+    """Images with a caption each (nearest-neighbour, no blur)."""
+    import matplotlib.pyplot as plt
+
+    n = max(len(images), 1)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.6 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels, strict=False):
+        ax.imshow(image.squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def gan_curves(history: pd.DataFrame, path: str | Path) -> None:
+    """D and G loss, and D(x) / D(G(z)), against generator steps."""
+    import seaborn as sns
+
+    fig, axes = _figure(ncols=2, width=5.5)
+    losses = history.melt("step", ["d_loss", "g_loss"], "network", "loss")
+    losses["network"] = losses["network"].map({"d_loss": "discriminator", "g_loss": "generator"})
+    sns.lineplot(losses, x="step", y="loss", hue="network", ax=axes[0, 0])
+    axes[0, 0].set(xlabel="Generator step", ylabel="BCE loss", title="GAN losses")
+    probs = history.melt("step", ["d_real", "d_fake"], "input", "probability")
+    probs["input"] = probs["input"].map({"d_real": "D(x), real", "d_fake": "D(G(z)), fake"})
+    sns.lineplot(probs, x="step", y="probability", hue="input", ax=axes[0, 1])
+    axes[0, 1].set(
+        xlabel="Generator step", ylabel="Mean D output", title="Discriminator outputs", ylim=(0, 1)
+    )
+    save_figure(fig, path)

@@ -1,0 +1,199 @@
+"""Classifier: models, losses, training loop, metrics and checkpoints, on real MNIST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from digitlab.data import Split, load_split
+from digitlab.errors import DigitlabError
+from digitlab.metrics import breakdown, classifier_report, detector_metrics, mlflow_metrics
+from digitlab.models import build_classifier, load_classifier, n_parameters, save_checkpoint
+from digitlab.params import ClassifierParams, parse_params
+from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, predict_logits
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def classifier_params(**changes: object) -> ClassifierParams:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in changes.items():
+        node = raw["classifier"]
+        *parents, last = key.split("__")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return parse_params(raw).classifier
+
+
+def subset(split: Split, n: int) -> Split:
+    return Split(split.images[:n].clone(), split.labels[:n].clone())
+
+
+@pytest.fixture(scope="module")
+def splits(prepared: tuple[Path, dict]) -> dict[str, Split]:
+    out, _ = prepared
+    return {name: load_split(out, name) for name in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize("loss", ["bce", "ce", "mse"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5"])
+def test_each_arch_and_loss_learns(splits: dict[str, Split], arch: str, loss: str) -> None:
+    cfg = classifier_params(arch=arch, loss=loss)
+    torch.manual_seed(0)
+    model = build_classifier(cfg.architecture())
+    x, y = splits["train"].images[:256], splits["train"].labels[:256]
+    assert model(x).shape == (256, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.eval()  # no dropout: the same batch must score better after the steps
+    with torch.no_grad():
+        before = classifier_loss(model(x), y, loss).item()
+    for _ in range(3):
+        optimizer.zero_grad()
+        classifier_loss(model(x), y, loss).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = classifier_loss(model(x), y, loss).item()
+    assert after < before
+
+
+def test_parameter_counts_of_the_labs_models() -> None:
+    assert n_parameters(build_classifier(classifier_params(arch="mlp").architecture())) == (
+        784 * 256 + 256 + 256 * 10 + 10
+    )
+    assert n_parameters(build_classifier(classifier_params(arch="lenet5").architecture())) == 61_706
+    lab_cnn = build_classifier(classifier_params(arch="cnn", channels=[64, 32, 32]).architecture())
+    assert n_parameters(lab_cnn) == 640 + 18_464 + 9_248 + 2_890
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    true = torch.tensor([3, 3, 3, 3, 5, 5, 8, 1, 7, 2])
+    pred = torch.tensor([3, 5, 3, 8, 3, 5, 8, 3, 3, 2])
+    probs = torch.nn.functional.one_hot(pred, 10).float()
+    metrics, confusion, table = classifier_report(true, probs, [3])
+    # digit 3: TP = 2 (0, 2); FP = 3 (4: 5→3, 7: 1→3, 8: 7→3); FN = 2 (1: →5, 3: →8); TN = 3
+    assert metrics["accuracy"] == pytest.approx(5 / 10)
+    assert metrics["detector"] == {
+        "accuracy": pytest.approx(5 / 10),
+        "precision": pytest.approx(2 / 5),
+        "recall": pytest.approx(2 / 4),
+        "f1": pytest.approx(2 * 0.4 * 0.5 / 0.9),
+        "tp": 2, "fp": 3, "fn": 2, "tn": 3,
+    }  # fmt: skip
+    assert confusion[5, 3] == 1 and confusion[3, 8] == 1 and confusion.sum() == 10
+    assert len(table) == 9
+    rows = table.set_index("other")
+    assert rows["false_positives"].to_dict() == {
+        0: 0,
+        1: 1,
+        2: 0,
+        4: 0,
+        5: 1,
+        6: 0,
+        7: 1,
+        8: 0,
+        9: 0,
+    }
+    assert rows["false_negatives"].to_dict() == {
+        0: 0,
+        1: 0,
+        2: 0,
+        4: 0,
+        5: 1,
+        6: 0,
+        7: 0,
+        8: 1,
+        9: 0,
+    }
+    names = mlflow_metrics(metrics)
+    assert names["test/precision"] == pytest.approx(0.4) and names["test/fp"] == 3
+
+
+def test_all_digits_gives_a_detector_and_breakdown_per_digit() -> None:
+    true = torch.arange(10).repeat(3)
+    pred = true.roll(1)
+    probs = torch.nn.functional.one_hot(pred, 10).float()
+    metrics, confusion, table = classifier_report(true, probs, list(range(10)))
+    assert set(metrics["detector"]) == {str(d) for d in range(10)}
+    assert len(table) == 90
+    assert metrics["detector"]["4"] == detector_metrics(confusion, 4)
+    assert metrics["detector"]["4"]["recall"] == 0.0
+    assert "test/recall_9" in mlflow_metrics(metrics)
+    assert breakdown(confusion, 0)["false_positives"].sum() == 3
+
+
+def test_training_is_deterministic_and_keeps_the_best_epoch(splits: dict[str, Split]) -> None:
+    cfg = classifier_params(arch="mlp", hidden=[64], epochs=3, batch_size=128, scheduler="none")
+    train, val = subset(splits["train"], 3000), subset(splits["val"], 1000)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = build_classifier(cfg.architecture())
+        results.append(fit_classifier(model, train, val, cfg, seed=7, device=CPU))
+    a, b = results
+    assert [r["val_acc"] for r in a.history] == [r["val_acc"] for r in b.history]
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    best = max(a.history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    assert a.best_epoch == best["epoch"]
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+    assert a.history[-1]["val_acc"] > 0.85
+
+
+def test_labs_literal_setup_whole_set_steps(splits: dict[str, Split]) -> None:
+    """mlp [256] leaky_relu, bce, adam 0.01, one step on the whole set per epoch, 50 steps."""
+    cfg = classifier_params(
+        arch="mlp", hidden=[256], activation="leaky_relu", loss="bce", optimizer__name="adam",
+        optimizer__lr=0.01, scheduler="none", batch_size=0, epochs=50,
+    )  # fmt: skip
+    train, val = subset(splits["train"], 10_000), subset(splits["val"], 1000)
+    torch.manual_seed(0)
+    model = build_classifier(cfg.architecture())
+    result = fit_classifier(model, train, val, cfg, seed=0, device=CPU)
+    model.load_state_dict(result.state_dict)
+    test = splits["test"]
+    probs = torch.sigmoid(predict_logits(model, test.images, CPU))
+    metrics, _, _ = classifier_report(test.labels, probs, [3])
+    assert metrics["detector"]["accuracy"] >= 0.9
+    assert metrics["accuracy"] >= 0.85
+
+
+def test_too_high_learning_rate_stops_with_a_clear_error(splits: dict[str, Split]) -> None:
+    cfg = classifier_params(arch="mlp", loss="ce", optimizer__name="sgd", optimizer__lr=10.0,
+                            scheduler="none", epochs=3)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_classifier(cfg.architecture())
+    with pytest.raises(TrainingDiverged, match=r"classifier loss became (nan|inf) at epoch \d+, step \d+ "
+                       r"\(classifier.optimizer.lr=10.0\)"):  # fmt: skip
+        fit_classifier(
+            model, subset(splits["train"], 5000), subset(splits["val"], 500), cfg, 0, CPU
+        )
+
+
+def test_checkpoint_round_trip_and_mismatches(tmp_path: Path) -> None:
+    cfg = classifier_params(arch="mlp", hidden=[32])
+    torch.manual_seed(0)
+    model = build_classifier(cfg.architecture())
+    path = tmp_path / "classifier.pt"
+    save_checkpoint(path, "classifier", cfg.architecture(), model, n_parameters=n_parameters(model))
+    loaded, _checkpoint = load_classifier(path, expected=cfg.architecture())
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+    other = classifier_params(arch="cnn").architecture()
+    with pytest.raises(
+        DigitlabError, match=r"trained with classifier.arch='mlp' but params.yaml has 'cnn'"
+    ):
+        load_classifier(path, expected=other)
+    # Weights of another shape under the same settings: refused with the reason, in one line.
+    bigger = build_classifier(classifier_params(arch="mlp", hidden=[64]).architecture())
+    save_checkpoint(path, "classifier", cfg.architecture(), bigger)
+    with pytest.raises(
+        DigitlabError, match=r"weights do not fit the saved settings \(.*size mismatch"
+    ):
+        load_classifier(path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(DigitlabError, match="not a readable checkpoint"):
+        load_classifier(path)

@@ -1,0 +1,177 @@
+"""GAN: the D and G steps, both schedules, EMA, collapse check, determinism, on real MNIST."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from digitlab.data import Split, load_split
+from digitlab.gan import (
+    Discriminator,
+    GANDiverged,
+    Generator,
+    collapse_check,
+    ema_with_warmup,
+    fit_gan,
+    generate,
+    make_optimizer,
+    sample_latent,
+    to_generator_range,
+    train_discriminator,
+    train_generator,
+)
+from digitlab.models import load_checkpoint, save_checkpoint
+from digitlab.params import GANParams, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+TINY = {"epochs": 1, "rounds": 3, "d_steps": 2, "g_steps": 2, "snapshots": 2, "batch_size": 32,
+        "discriminator__hidden": [64, 32]}  # fmt: skip
+
+
+def gan_params(**changes: object) -> GANParams:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in {**TINY, **changes}.items():
+        node = raw["gan"]
+        *parents, last = key.split("__")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return parse_params(raw).gan
+
+
+@pytest.fixture(scope="module")
+def threes(prepared: tuple[Path, dict]) -> Split:
+    out, _ = prepared
+    return load_split(out, "train").of_digits([3])
+
+
+def networks(cfg: GANParams) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(0)
+    return Generator(cfg.generator_config()), Discriminator(cfg.discriminator.model_dump())
+
+
+def d_loss(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> float:
+    with torch.no_grad():
+        r, f = D(real), D(fake)
+        return (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))).item()  # fmt: skip
+
+
+def test_generator_mirrors_the_discriminator_and_has_the_right_shapes() -> None:
+    cfg = gan_params(**{"discriminator__hidden": [1024, 512, 256]})
+    G, D = networks(cfg)
+    linear_sizes = [m.out_features for m in G.net if isinstance(m, torch.nn.Linear)]
+    assert linear_sizes == [256, 512, 1024, 784]
+    z = sample_latent(8, 100, "normal", torch.Generator().manual_seed(0), CPU)
+    images = G(z)
+    assert images.shape == (8, 1, 28, 28)
+    assert images.min() >= -1 and images.max() <= 1
+    assert D(images).shape == (8,)
+    sigmoid = Generator({**cfg.generator_config(), "output": "sigmoid"})
+    out = sigmoid(z)
+    assert out.min() >= 0 and out.max() <= 1
+    uniform = sample_latent(1000, 100, "uniform", torch.Generator().manual_seed(0), CPU)
+    assert uniform.min() >= -1 and uniform.max() <= 1 and uniform.min() < -0.99
+
+
+def test_one_d_step_lowers_d_loss_on_a_fixed_batch(threes: Split) -> None:
+    cfg = gan_params()
+    G, D = networks(cfg)
+    real = to_generator_range(threes.images[:64], "tanh")
+    fake = G(sample_latent(64, 100, "normal", torch.Generator().manual_seed(1), CPU)).detach()
+    before = d_loss(D, real, fake)
+    stats = train_discriminator(D, make_optimizer(cfg.optimizer_d, D), real, fake)
+    assert stats.loss == pytest.approx(before, rel=1e-5)
+    assert d_loss(D, real, fake) < before
+    assert 0 < stats.d_real < 1 and 0 < stats.d_fake < 1
+
+
+def test_one_g_step_raises_d_of_g_z(threes: Split) -> None:
+    cfg = gan_params()
+    G, D = networks(cfg)
+    z = sample_latent(64, 100, "normal", torch.Generator().manual_seed(2), CPU)
+    with torch.no_grad():
+        before = torch.sigmoid(D(G(z))).mean().item()
+    d_params = [p.clone() for p in D.parameters()]
+    train_generator(D, make_optimizer(cfg.optimizer_g, G), G(z))
+    with torch.no_grad():
+        after = torch.sigmoid(D(G(z))).mean().item()
+    assert after > before
+    assert all(torch.equal(a, b) for a, b in zip(d_params, D.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("schedule", ["epochs", "rounds"])
+def test_both_schedules_train_and_are_deterministic(threes: Split, schedule: str) -> None:
+    cfg = gan_params(schedule=schedule)
+    real = threes.images[:640]
+    a = fit_gan(cfg, real, seed=5, device=CPU)
+    b = fit_gan(cfg, real, seed=5, device=CPU)
+    steps = [row["step"] for row in a.history]
+    assert steps == ([20] if schedule == "epochs" else [2, 4, 6])
+    assert [r["d_loss"] for r in a.history] == [r["d_loss"] for r in b.history]
+    state_a, state_b = a.generator.state_dict(), b.generator.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert len(a.snapshots) == 2 and a.snapshots[-1][1].shape == (100, 1, 28, 28)
+    assert a.snapshots[-1][0] == steps[-1]
+
+
+def test_all_digits_and_sigmoid_output(prepared: tuple[Path, dict]) -> None:
+    out, _ = prepared
+    every = load_split(out, "train").of_digits(list(range(10)))
+    assert len(every) == 55_000
+    cfg = gan_params(**{"generator__output": "sigmoid", "latent": "uniform", "ema": 0.0})
+    result = fit_gan(cfg, every.images[:320], seed=0, device=CPU)
+    images = generate(result.generator, 50, cfg.generator_config(), seed=0, device=CPU)
+    assert images.shape == (50, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+
+
+def test_ema_warms_up_then_averages() -> None:
+    update = ema_with_warmup(0.999)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(0))  # decay min(0.999, 1/10) = 0.1
+    assert torch.allclose(averaged[0], torch.full((3,), 0.9))
+    update(averaged, current, torch.tensor(100_000))  # decay 0.999
+    assert torch.allclose(averaged[0], torch.full((3,), 0.9 + 0.1 * 0.001))
+    counters = [torch.tensor(3)]
+    update(counters, [torch.tensor(7)], torch.tensor(5))
+    assert counters[0].item() == 7
+
+
+def test_collapse_is_reported_not_hidden(threes: Split) -> None:
+    real = threes.images[:200]
+    ratio, collapsed = collapse_check(real[:100], real)
+    assert 0.8 < ratio < 1.2 and not collapsed
+    with pytest.warns(UserWarning, match="generator looks collapsed"):
+        ratio, collapsed = collapse_check(real[:1].repeat(100, 1, 1, 1), real)
+    assert ratio == 0 and collapsed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        collapse_check(real[100:], real)
+
+
+def test_diverging_gan_names_the_step_and_learning_rates(threes: Split) -> None:
+    cfg = gan_params(**{"optimizer_d__name": "sgd", "optimizer_d__lr": 1.0, "optimizer_d__momentum": 0.99,
+                        "optimizer_g__name": "sgd", "optimizer_g__lr": 1.0, "optimizer_g__momentum": 0.99,
+                        "generator__batchnorm": False, "epochs": 50})  # fmt: skip
+    with pytest.raises(GANDiverged, match=r"GAN (generator|discriminator) loss became (nan|inf) at "
+                       r"generator step \d+ \(gan.optimizer_d.lr=1.0, gan.optimizer_g.lr=1.0\)"):  # fmt: skip
+        fit_gan(cfg, threes.images[:640], seed=0, device=CPU)
+
+
+def test_checkpoints_rebuild_with_weights_only(tmp_path: Path, threes: Split) -> None:
+    cfg = gan_params()
+    result = fit_gan(cfg, threes.images[:320], seed=0, device=CPU)
+    path = tmp_path / "generator.pt"
+    save_checkpoint(path, "generator", cfg.generator_config(), result.generator, digit=3)
+    checkpoint = load_checkpoint(path, "generator")
+    rebuilt = Generator(checkpoint["config"])
+    rebuilt.load_state_dict(checkpoint["state_dict"])
+    a = generate(rebuilt, 10, checkpoint["config"], seed=1, device=CPU)
+    b = generate(result.generator, 10, cfg.generator_config(), seed=1, device=CPU)
+    assert torch.equal(a, b)
