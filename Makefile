@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint ui system-deps clean
+.PHONY: setup repro test bench lint ui system-deps clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,9 @@ repro: setup
 
 test: setup system-deps
 	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m digitlab.bench
 
 lint: setup
 	$(BIN)/ruff check .

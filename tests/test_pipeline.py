@@ -62,8 +62,18 @@ TINY = {
     "gan.epochs": 1,
     "gan.discriminator.hidden": [64, 32],
     "gan.snapshots": 2,
+    "gan_eval.num_samples": 500,
 }
-ALL_STAGES = {"fetch", "prepare", "train_classifier", "evaluate", "train_gan"}
+ALL_STAGES = {
+    "fetch",
+    "prepare",
+    "train_classifier",
+    "evaluate",
+    "train_gan",
+    "evaluate_gan",
+    "report",
+}
+DIGIT_STAGES = {"evaluate", "train_gan", "evaluate_gan", "report"}
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +230,14 @@ def test_digit_change_reevaluates_without_retraining(repo: tuple[Path, dict[str,
     model = (path / "models/classifier.pt").read_bytes()
     set_param(path, "digit", 7)
     try:
-        assert changed_stages(path, env) == {"evaluate", "train_gan"}
-        assert ran_stages(dvc(path, env, "repro").stdout) == {"evaluate", "train_gan"}
+        assert changed_stages(path, env) == DIGIT_STAGES - {"report"}  # report: no params
+        assert ran_stages(dvc(path, env, "repro").stdout) == DIGIT_STAGES
         table = __import__("pandas").read_csv(path / "reports/classifier/breakdown.csv")
         assert set(table.digit) == {7} and 7 not in set(table.other)
         set_param(path, "digit", "all")
-        assert ran_stages(dvc(path, env, "repro").stdout) == {"evaluate", "train_gan"}
+        assert ran_stages(dvc(path, env, "repro").stdout) == DIGIT_STAGES
+        gan_metrics = json.loads((path / "reports/gan/metrics.json").read_text())
+        assert sum(gan_metrics["predicted_digits"].values()) == 500
         metrics = read_metrics(path)
         assert set(metrics["detector"]) == {str(d) for d in range(10)}
         assert len(__import__("pandas").read_csv(path / "reports/classifier/breakdown.csv")) == 90
@@ -296,6 +308,48 @@ def test_gan_outputs_and_mlflow_run(repo: tuple[Path, dict[str, str]]) -> None:
     )
     client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
     assert len(client.list_artifacts(run.info.run_id, "progress")) == 2
+
+
+def test_evaluate_gan_metrics_and_gan_eval_change(repo: tuple[Path, dict[str, str]]) -> None:
+    path, env = repo
+    metrics = json.loads((path / "reports/gan/metrics.json").read_text())
+    assert metrics["num_samples"] == 500
+    assert 0 <= metrics["decent_rate"] <= 1 and metrics["frechet_floor"] > 0
+    assert metrics["frechet_ratio"] == pytest.approx(metrics["frechet"] / metrics["frechet_floor"])
+    assert (path / "reports/gan/samples.png").stat().st_size > 5000
+    assert "reports/gan/metrics.json" in dvc(path, env, "metrics", "show").stdout
+    set_param(path, "gan_eval.threshold", 0.5)
+    try:
+        assert changed_stages(path, env) == {"evaluate_gan"}
+        assert ran_stages(dvc(path, env, "repro").stdout) == {"evaluate_gan", "report"}
+        looser = json.loads((path / "reports/gan/metrics.json").read_text())
+        assert looser["decent_rate"] >= metrics["decent_rate"]
+        assert looser["frechet"] == pytest.approx(metrics["frechet"])  # same seeded samples
+    finally:
+        set_param(path, "gan_eval.threshold", 0.9)
+        dvc(path, env, "repro")
+    run = next(r for r in mlflow_runs(path) if r.info.run_name == "evaluate_gan")
+    assert "gan_eval/decent_rate" in run.data.metrics
+
+
+def test_report_is_self_contained_and_renders_in_chromium(
+    repo: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    from test_report import chromium, render
+
+    path, _ = repo
+    page = (path / "reports/index.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    for heading in ("Parameters", "Data", "Classifier", "GAN", "GAN metrics", "MLflow runs"):
+        assert f">{heading}</h" in page
+    runs = {r.info.run_name: r.info.run_id for r in mlflow_runs(path)}
+    assert runs["evaluate_gan"] in page and runs["train_classifier"] in page
+    assert (path / "reports/gan/progress.gif").read_bytes()[:6] == b"GIF89a"
+    if chromium() is None:
+        pytest.skip("no Chromium found (install Debian's chromium package; .ci/run does)")
+    check, errors = render(path / "reports/index.html", tmp_path)
+    assert check["broken"] == [] and check["images"] >= 12
+    assert errors == []
 
 
 # The last two tests leave the outputs out of date with params.yaml: keep them last.

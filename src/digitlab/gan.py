@@ -103,19 +103,18 @@ class StepStats:
 def train_discriminator(
     D: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor
 ) -> StepStats:
-    """One D step: real images labelled 1, detached fakes labelled 0, BCE on logits."""
+    """One D step: real images labelled 1, detached fakes labelled 0, BCE on logits summed
+    over the two halves as the labs do (loss = BCE(real) + BCE(fake)). Both halves go through
+    D in one batch: the same loss and gradients as two passes, at half the per-op overhead."""
     opt.zero_grad(set_to_none=True)
-    real_logits, fake_logits = D(real), D(fake.detach())
-    loss = F.binary_cross_entropy_with_logits(
-        real_logits, torch.ones_like(real_logits)
-    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    n = len(real)
+    logits = D(torch.cat([real, fake.detach()]))
+    targets = torch.cat([logits.new_ones(n), logits.new_zeros(len(fake))])
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / n
     loss.backward()
     opt.step()
-    return StepStats(
-        loss.item(),
-        real_logits.detach().sigmoid().mean().item(),
-        fake_logits.detach().sigmoid().mean().item(),
-    )
+    probs = logits.detach().sigmoid()
+    return StepStats(loss.item(), probs[:n].mean().item(), probs[n:].mean().item())
 
 
 def train_generator(D: nn.Module, opt: torch.optim.Optimizer, fake: torch.Tensor) -> StepStats:

@@ -85,3 +85,90 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
             key = "detector_accuracy" if name == "accuracy" else name
             out[f"test/{key}{suffix}"] = float(value)
     return out
+
+
+# ---------------------------------------------------------------- GAN quality
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples):
+    |mu_a - mu_b|² + Tr(S_a + S_b - 2 (S_a S_b)^½), in float64; the trace of the square root
+    comes from the eigenvalues of S_a^½ S_b S_a^½ (symmetric, so eigvalsh is exact)."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    sqrt_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle).item()
+
+
+def mean_pairwise_distance(images: torch.Tensor, max_n: int = 1000) -> float:
+    """Mean Euclidean distance between pairs of images (pixels in [0, 1])."""
+    flat = images[:max_n].reshape(min(len(images), max_n), -1).double()
+    return torch.pdist(flat).mean().item()
+
+
+def nearest_distances(
+    queries: torch.Tensor, references: torch.Tensor, chunk: int = 1000
+) -> torch.Tensor:
+    """For each query image, the Euclidean distance to its nearest reference image."""
+    refs = references.reshape(len(references), -1)
+    out = [torch.cdist(queries[i : i + chunk].reshape(-1, refs.shape[1]), refs).min(1).values
+           for i in range(0, len(queries), chunk)]  # fmt: skip
+    return torch.cat(out)
+
+
+def class_histogram(predicted: torch.Tensor) -> tuple[list[int], float, int]:
+    """Counts of predicted digits, their entropy in bits, and how many digits hold ≥ 1%."""
+    counts = torch.bincount(predicted, minlength=N_CLASSES)
+    share = counts.double() / counts.sum()
+    entropy = -(share[share > 0] * share[share > 0].log2()).sum().item()
+    return counts.tolist(), entropy, int((share >= 0.01).sum())
+
+
+MEMORISATION_QUANTILE = 0.05
+
+
+def gan_quality(
+    samples: torch.Tensor,
+    probs: torch.Tensor,
+    features: dict[str, torch.Tensor],
+    real_test: torch.Tensor,
+    real_train: torch.Tensor,
+    digits: list[int],
+    threshold: float,
+) -> dict:
+    """The GAN's metrics with the classifier as judge.
+
+    decent_rate: share of samples given the chosen digit (any digit with `digit: all`) with
+    probability ≥ threshold. frechet: Fréchet distance between the classifier's penultimate
+    features of samples and of real test images of the digit(s); frechet_floor: the same
+    between real training and real test images. diversity_ratio: mean pairwise distance among
+    samples / among real test images. memorised: share of samples whose nearest training image
+    is closer than 95% of real test images are to theirs (about 5% for a generator that does
+    not copy its training images).
+    """
+    predicted = probs.argmax(1)
+    if len(digits) == 1:
+        decent = (probs[:, digits[0]] >= threshold).double().mean().item()
+    else:
+        decent = (probs.max(1).values >= threshold).double().mean().item()
+    counts, entropy, present = class_histogram(predicted)
+    frechet = frechet_distance(features["samples"], features["test"])
+    floor = frechet_distance(features["train"], features["test"])
+    test_nn = nearest_distances(real_test, real_train)
+    cutoff = test_nn.quantile(MEMORISATION_QUANTILE).item()
+    sample_nn = nearest_distances(samples, real_train)
+    return {
+        "num_samples": len(samples),
+        "decent_rate": decent,
+        "frechet": frechet,
+        "frechet_floor": floor,
+        "frechet_ratio": frechet / floor,
+        "diversity_ratio": mean_pairwise_distance(samples) / mean_pairwise_distance(real_test),
+        "memorised": (sample_nn < cutoff).double().mean().item(),
+        "predicted_digits": {str(d): n for d, n in enumerate(counts)},
+        "entropy_bits": entropy,
+        "digits_present": present,
+    }

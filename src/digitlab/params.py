@@ -124,12 +124,18 @@ class GANParams(_Section):
                 "output": g.output}  # fmt: skip
 
 
+class GANEvalParams(_Section):
+    num_samples: int = Field(ge=100, le=1_000_000)
+    threshold: float = Field(gt=0, lt=1)
+
+
 class Params(_Section):
     seed: int = Field(ge=0, le=2**32 - 1)
     digit: Annotated[Digit, BeforeValidator(_check_digit)]
     data: DataParams
     classifier: ClassifierParams
     gan: GANParams
+    gan_eval: GANEvalParams
 
     @property
     def digits(self) -> list[int]:

@@ -145,3 +145,15 @@ def gan_curves(history: pd.DataFrame, path: str | Path) -> None:
         xlabel="Generator step", ylabel="Mean D output", title="Discriminator outputs", ylim=(0, 1)
     )
     save_figure(fig, path)
+
+
+def class_histogram_bars(counts: dict[str, int], labels: list[str], path: str | Path) -> None:
+    """How many generated images the classifier assigns to each class."""
+    import seaborn as sns
+
+    fig, axes = _figure(width=6.5, height=4)
+    frame = pd.DataFrame({"class": labels, "samples": [counts[str(i)] for i in range(len(labels))]})
+    sns.barplot(frame, x="class", y="samples", color=sns.color_palette()[0], ax=axes[0, 0])
+    axes[0, 0].set(xlabel="Class the classifier predicts", ylabel="Generated images",
+                   title="What the generator makes, as the classifier sees it")  # fmt: skip
+    save_figure(fig, path)

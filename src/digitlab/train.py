@@ -56,12 +56,15 @@ def make_optimizer(params: OptimizerParams, model: nn.Module) -> torch.optim.Opt
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Logits for all images, in eval mode, in large batches; returned on the CPU."""
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, device: torch.device, features: bool = False
+) -> torch.Tensor:
+    """Logits (or penultimate-layer features) for all images, in eval mode, in large batches;
+    returned on the CPU."""
     model.eval()
+    fn = model.features if features else model
     out = [
-        model(images[i : i + EVAL_BATCH].to(device)).cpu()
-        for i in range(0, len(images), EVAL_BATCH)
+        fn(images[i : i + EVAL_BATCH].to(device)).cpu() for i in range(0, len(images), EVAL_BATCH)
     ]
     return torch.cat(out)
 

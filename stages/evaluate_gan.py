@@ -1,0 +1,66 @@
+"""DVC stage `evaluate_gan`: judge generated images with the trained classifier."""
+
+from pathlib import Path
+
+import mlflow
+
+from digitlab.data import CLASS_NAMES, load_split
+from digitlab.errors import DigitlabError, run_main
+from digitlab.files import write_json
+from digitlab.gan import Generator, generate
+from digitlab.metrics import gan_quality
+from digitlab.models import load_checkpoint, load_classifier, pick_device
+from digitlab.params import load_params
+from digitlab.plots import class_histogram_bars, save_grid
+from digitlab.tracking import stage_run
+from digitlab.train import predict_logits, probabilities
+
+REPORTS = Path("reports/gan")
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.gan_eval
+    classifier, clf_checkpoint = load_classifier("models/classifier.pt")
+    checkpoint = load_checkpoint("models/generator.pt", "generator")
+    if checkpoint["digit"] != params.digit:
+        raise DigitlabError(
+            f"models/generator.pt was trained for digit {checkpoint['digit']!r} but params.yaml has "
+            f"digit {params.digit!r}: run `dvc repro train_gan`"
+        )
+    generator = Generator(checkpoint["config"])
+    generator.load_state_dict(checkpoint["state_dict"])
+    digits = params.digits
+    test = load_split("data/prepared", "test").of_digits(digits)
+    train = load_split("data/prepared", "train").of_digits(digits)
+    with stage_run("evaluate_gan", params, {"gan_eval": cfg.model_dump(), "digit": params.digit}):
+        device = pick_device()
+        samples = generate(generator, cfg.num_samples, checkpoint["config"], params.seed, device)
+        probs = probabilities(
+            predict_logits(classifier, samples, device), clf_checkpoint["config"]["loss"]
+        )
+        features = {name: predict_logits(classifier, images, device, features=True)
+                    for name, images in (("samples", samples), ("test", test.images), ("train", train.images))}  # fmt: skip
+        metrics = gan_quality(
+            samples, probs, features, test.images, train.images, digits, cfg.threshold
+        )
+        write_json(REPORTS / "metrics.json", metrics)
+        save_grid(samples[:100], REPORTS / "samples.png", nrow=10)
+        class_histogram_bars(
+            metrics["predicted_digits"],
+            CLASS_NAMES[params.data.dataset],
+            REPORTS / "class_histogram.png",
+        )
+        mlflow.log_metrics(
+            {f"gan_eval/{k}": float(v) for k, v in metrics.items() if not isinstance(v, dict)}
+        )
+        for name in ("metrics.json", "samples.png", "class_histogram.png"):
+            mlflow.log_artifact(str(REPORTS / name), "gan_eval")
+        print(f"evaluate_gan: decent {metrics['decent_rate']:.1%}, Fréchet {metrics['frechet']:.2f} "
+              f"({metrics['frechet_ratio']:.1f}× the real-vs-real floor {metrics['frechet_floor']:.2f}), "
+              f"diversity {metrics['diversity_ratio']:.2f}, memorised {metrics['memorised']:.1%}, "
+              f"{metrics['digits_present']} digits present")  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,30 @@
+"""DVC stage `report`: reports/index.html, one self-contained page of the pipeline's results."""
+
+from pathlib import Path
+
+import mlflow
+
+from digitlab.errors import run_main
+from digitlab.files import atomic_path, write_text
+from digitlab.params import load_params
+from digitlab.report import build_report, latest_stage_runs, progress_gif
+from digitlab.tracking import stage_run
+
+GIF = Path("reports/gan/progress.gif")
+
+
+def main() -> None:
+    params = load_params()
+    with stage_run("report", params, {}):
+        frames = sorted(Path("reports/gan/progress").glob("step_*.png"))
+        with atomic_path(GIF) as tmp:
+            progress_gif(frames, tmp)
+        write_text("reports/index.html", build_report(Path("."), latest_stage_runs(), GIF))
+        mlflow.log_artifact("reports/index.html", "report")
+        print(
+            f"report: reports/index.html ({Path('reports/index.html').stat().st_size / 1e6:.1f} MB)"
+        )
+
+
+if __name__ == "__main__":
+    run_main(main)
