@@ -356,7 +356,8 @@ def test_report_is_self_contained_and_renders_in_chromium(
     if chromium() is None:
         pytest.skip("no Chromium found (install Debian's chromium package; .ci/run does)")
     check, errors = render(path / "reports/index.html", tmp_path)
-    assert check["broken"] == [] and check["images"] >= 12
+    grids = len(list((path / "reports/gan/progress").glob("*.png")))
+    assert check["broken"] == [] and check["images"] == 9 + grids  # 9 figures, the GIF among them
     assert errors == []
 
 
