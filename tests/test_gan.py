@@ -104,6 +104,8 @@ def test_one_g_step_raises_d_of_g_z(threes: Split) -> None:
         after = torch.sigmoid(D(G(z))).mean().item()
     assert after > before
     assert all(torch.equal(a, b) for a, b in zip(d_params, D.parameters(), strict=True))
+    # D is frozen only during the step
+    assert all(p.requires_grad and p.grad is None for p in D.parameters())
 
 
 @pytest.mark.parametrize("schedule", ["epochs", "rounds"])

@@ -118,11 +118,16 @@ def train_discriminator(
 
 
 def train_generator(D: nn.Module, opt: torch.optim.Optimizer, fake: torch.Tensor) -> StepStats:
-    """One G step: the fakes (still attached to G's graph) scored by D as if they were real."""
+    """One G step: the fakes (still attached to G's graph) scored by D as if they were real.
+    D's weights are frozen meanwhile, so backward skips the gradients only D would need."""
     opt.zero_grad(set_to_none=True)
-    logits = D(fake)
-    loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-    loss.backward()
+    D.requires_grad_(False)
+    try:
+        logits = D(fake)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        loss.backward()
+    finally:
+        D.requires_grad_(True)
     opt.step()
     return StepStats(loss.item(), d_fake=logits.detach().sigmoid().mean().item())
 
