@@ -21,15 +21,19 @@ from digitlab.params import ClassifierParams, GANParams, Params, load_params
 from digitlab.train import fit_classifier
 
 
-def timed(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Seconds one call of fn takes: the best of `repeats` calls, as timeit does (on a shared
-    2-core machine the same epoch varies by up to 50% from one call to the next)."""
-    best = float("inf")
+def compare(
+    ours: Callable[[], object], baseline: Callable[[], object], repeats: int = 3
+) -> tuple[float, float]:
+    """Best-of-`repeats` seconds of each, the two timed in turn (ours, baseline, ours, …) so
+    both see the same machine: on these shared 2-core machines the same epoch can take up to
+    twice as long from one minute to the next."""
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+        for i, fn in enumerate((ours, baseline)):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], best[1]
 
 
 def dataloader_epoch(
@@ -66,16 +70,13 @@ def classifier_speedup(
     cfg = cfg.model_copy(update={"batch_size": 64, "epochs": 1, "scheduler": "none"})
     torch.optim.Adam(nn.Linear(1, 1).parameters())  # one-time lazy imports (~1.7 s): not timed
     torch.manual_seed(seed)
-    ours = timed(
+    ours, baseline = compare(
         lambda: fit_classifier(
             build_classifier(cfg.architecture()), train, val, cfg, seed, torch.device("cpu")
-        )
-    )
-    torch.manual_seed(seed)
-    baseline = timed(
+        ),
         lambda: dataloader_epoch(
             build_classifier(cfg.architecture()), raw_dir, len(train), 64, seed
-        )
+        ),
     )
     return {"digitlab_s": ours, "dataloader_s": baseline, "speedup": baseline / ours}
 
@@ -151,8 +152,10 @@ def gan_speedup(
 
     cfg = cfg.model_copy(update={"schedule": "epochs", "epochs": 3, "ema": 0.0, "snapshots": 1})
     steps = cfg.epochs * (len(real) // cfg.batch_size)
-    ours = timed(lambda: fit_gan(cfg, real.images, seed, torch.device("cpu")), repeats=2)
-    baseline = timed(lambda: notebook_gan_seconds(cfg, raw_dir, digits, steps, seed), repeats=2)
+    ours, baseline = compare(
+        lambda: fit_gan(cfg, real.images, seed, torch.device("cpu")),
+        lambda: notebook_gan_seconds(cfg, raw_dir, digits, steps, seed),
+    )
     return {"digitlab_steps_per_s": steps / ours, "notebook_steps_per_s": steps / baseline,
             "speedup": baseline / ours}  # fmt: skip
 
