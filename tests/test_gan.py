@@ -19,13 +19,13 @@ from digitlab.gan import (
     ema_with_warmup,
     fit_gan,
     generate,
-    make_optimizer,
     sample_latent,
     to_generator_range,
     train_discriminator,
     train_generator,
 )
 from digitlab.models import load_checkpoint, save_checkpoint
+from digitlab.optim import make_optimizer
 from digitlab.params import GANParams, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from digitlab.errors import DigitlabError
 from digitlab.models import activation
+from digitlab.optim import make_optimizer
 
 IMAGE_PIXELS = 28 * 28
 FIXED_NOISE = 100  # fixed-noise samples drawn at every snapshot: a 10×10 grid
@@ -130,13 +131,6 @@ def train_generator(D: nn.Module, opt: torch.optim.Optimizer, fake: torch.Tensor
         D.requires_grad_(True)
     opt.step()
     return StepStats(loss.item(), d_fake=logits.detach().sigmoid().mean().item())
-
-
-def make_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam (with betas) or SGD (with momentum), fused kernels."""
-    if cfg.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, fused=True)
 
 
 def ema_with_warmup(decay: float) -> Callable[[list, list, torch.Tensor], None]:
@@ -270,7 +264,7 @@ def fit_gan(
             order = torch.randperm(n, generator=rng).to(device)
             for i in range(n // batch):
                 fake = G(sample_latent(batch, cfg.latent_size, cfg.latent, rng, device))
-                d_step(real[order[i * batch : (i + 1) * batch]], fake)
+                d_step(real.index_select(0, order[i * batch : (i + 1) * batch]), fake)
                 stats = train_generator(D, opt_g, fake)
                 g_step += 1
                 progress.update()
@@ -282,7 +276,7 @@ def fit_gan(
                 with torch.no_grad():
                     fake = G(sample_latent(batch, cfg.latent_size, cfg.latent, rng, device))
                 idx = torch.randint(n, (batch,), generator=rng).to(device)
-                d_step(real[idx], fake)
+                d_step(real.index_select(0, idx), fake)
             for _ in range(cfg.g_steps):
                 fake = G(sample_latent(batch, cfg.latent_size, cfg.latent, rng, device))
                 stats = train_generator(D, opt_g, fake)
