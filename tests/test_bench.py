@@ -1,4 +1,5 @@
-"""The benchmark's baselines (the labs' own loops) run on real MNIST and train their models."""
+"""The benchmark's pieces on real MNIST: the labs' own loops and pytorch/examples' recipe train
+their models, FLOPs are counted right, time-to-quality stops at the target."""
 
 from __future__ import annotations
 
@@ -7,11 +8,42 @@ from pathlib import Path
 import torch
 import yaml
 
-from digitlab.bench import dataloader_epoch, notebook_gan_params, notebook_gan_seconds
-from digitlab.models import MLP
-from digitlab.params import parse_params
+from digitlab.bench import (
+    ExamplesNet,
+    NotebookNet,
+    classifier_epoch_flops,
+    classifier_time_to_accuracy,
+    counted_flops,
+    dataloader_epoch,
+    examples_time_to_accuracy,
+    gan_step_flops,
+    gan_time_to_decent,
+    matmul_peak,
+    notebook_gan_params,
+    notebook_gan_seconds,
+    notebook_networks,
+)
+from digitlab.data import Split, load_split
+from digitlab.models import MLP, n_parameters
+from digitlab.params import Params, parse_params
+from digitlab.train import classifier_loss, fit_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_params(**changes: object) -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return parse_params(raw)
+
+
+def small(split: Split, n: int) -> Split:
+    return Split(split.images[:n], split.labels[:n])
 
 
 def test_dataloader_epoch_trains_the_model(raw_mnist: Path) -> None:
@@ -23,8 +55,75 @@ def test_dataloader_epoch_trains_the_model(raw_mnist: Path) -> None:
 
 
 def test_notebook_gan_loop_runs_the_notebook_networks(raw_mnist: Path) -> None:
-    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    cfg = notebook_gan_params(params)
+    cfg = notebook_gan_params(default_params())
     assert cfg.generator_config()["hidden"] == [32, 64, 128]
     assert cfg.optimizer_d.name == "sgd" and cfg.latent == "uniform"
+    G, D = notebook_networks(cfg)
+    # The notebook's layers: 100-32-64-128-784 and 784-128-64-32-1, one shared dropout 0.3.
+    assert [fc.out_features for fc in G.fc] == [32, 64, 128, 784]
+    assert [fc.out_features for fc in D.fc] == [128, 64, 32, 1]
+    assert isinstance(D, NotebookNet) and D.dropout.p == 0.3
+    assert G(torch.zeros(5, 100)).shape == (5, 784) and D(torch.zeros(5, 1, 28, 28)).shape == (5, 1)
     assert notebook_gan_seconds(cfg, raw_mnist, [3], steps=5, seed=0) > 0
+
+
+def test_flops_of_an_mlp_step_are_counted_by_hand() -> None:
+    model = MLP([32], "relu", 0.0)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    flops = counted_flops(lambda: classifier_loss(model(x), y, "ce").backward())
+    forward = 2 * 64 * (784 * 32 + 32 * 10)
+    backward = 2 * 64 * (784 * 32 + 32 * 10) + 2 * 64 * 10 * 32  # weight grads, one input grad
+    assert flops == forward + backward
+
+
+def test_classifier_epoch_flops_add_the_validation_pass(prepared: tuple[Path, dict]) -> None:
+    train, val = load_split(prepared[0], "train"), load_split(prepared[0], "val")
+    cfg = default_params(**{"classifier.arch": "mlp", "classifier.hidden": [32]}).classifier
+    flops = classifier_epoch_flops(cfg, small(train, 640), small(val, 100))
+    per_image_step = 2 * (784 * 32 + 32 * 10) * 2 + 2 * 10 * 32  # as in the test above, / 64
+    assert flops == per_image_step * 640 + 2 * (784 * 32 + 32 * 10) * 100
+
+
+def test_gan_step_flops_scale_with_the_batch(prepared: tuple[Path, dict]) -> None:
+    real = load_split(prepared[0], "train").images[:128] * 2 - 1
+    params = default_params()
+    flops = {
+        b: gan_step_flops(params.gan.model_copy(update={"batch_size": b}), real) for b in (32, 64)
+    }
+    assert flops[64] == 2 * flops[32] > 1e9  # lab 5's networks: about 1.9 GFLOP per iteration
+
+
+def test_matmul_peak_is_measured() -> None:
+    assert 1e9 < matmul_peak(size=512, repeats=2) < 1e14
+
+
+def test_pytorch_examples_recipe_learns(raw_mnist: Path) -> None:
+    assert n_parameters(ExamplesNet()) == 1_199_882  # as pytorch/examples' mnist/main.py
+    result = examples_time_to_accuracy(raw_mnist, seed=0, target=0.99, max_epochs=1, n_train=640)
+    (point,) = result["curve"]
+    assert point["epoch"] == 1 and point["seconds"] > 0
+    assert 0.3 < point["test_acc"] < 0.99 and result["seconds"] is None  # learnt; target missed
+
+
+def test_classifier_time_to_accuracy_stops_at_the_target(prepared: tuple[Path, dict]) -> None:
+    train, val, test = (load_split(prepared[0], name) for name in ("train", "val", "test"))
+    cfg = default_params(
+        **{"classifier.arch": "mlp", "classifier.hidden": [32], "classifier.epochs": 5}
+    ).classifier
+    result = classifier_time_to_accuracy(cfg, small(train, 2000), val, small(test, 1000), 0, 0.5)
+    assert len(result["curve"]) == 1  # stopped after the first epoch that reached it
+    assert result["curve"][0]["test_acc"] >= 0.5 and result["seconds"] > 0
+
+
+def test_gan_time_to_decent_judges_every_epoch(prepared: tuple[Path, dict]) -> None:
+    train, val = load_split(prepared[0], "train"), load_split(prepared[0], "val")
+    params = default_params(**{"gan.epochs": 2, "gan.discriminator.hidden": [64, 32]})
+    classifier = MLP([32], "relu", 0.0)
+    fit_classifier(classifier, small(train, 2000), val, params.classifier.model_copy(
+        update={"epochs": 1, "scheduler": "none"}), 0, torch.device("cpu"))  # fmt: skip
+    real = train.of_digits([3]).images[:640]
+    never = gan_time_to_decent(params, real, classifier, "ce", target=1.01, n_samples=200)
+    assert [p["g_step"] for p in never["curve"]] == [10, 20] and never["seconds"] is None
+    assert all(0 <= p["decent_rate"] <= 1 for p in never["curve"])
+    first = gan_time_to_decent(params, real, classifier, "ce", target=0.0, n_samples=200)
+    assert len(first["curve"]) == 1 and first["seconds"] == first["curve"][0]["seconds"] > 0

@@ -1,9 +1,15 @@
-"""Speed measured side by side in one run: digitlab's loops against the labs' own loops."""
+"""`make bench`: speed measured side by side in one run, against the labs' own loops, against
+pytorch/examples' MNIST recipe and against the machine's matrix-product peak."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import math
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -13,12 +19,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from digitlab.data import Split, load_split
 from digitlab.files import write_json
-from digitlab.models import build_classifier
+from digitlab.models import build_classifier, load_classifier
 from digitlab.params import ClassifierParams, GANParams, Params, load_params
-from digitlab.train import fit_classifier
+from digitlab.train import classifier_loss, fit_classifier, loss_and_accuracy
+
+CPU = torch.device("cpu")
 
 
 def compare(
@@ -64,79 +73,317 @@ def dataloader_epoch(
 
 
 def classifier_speedup(
-    cfg: ClassifierParams, raw_dir: Path, train: Split, val: Split, seed: int
+    cfg: ClassifierParams, raw_dir: Path, train: Split, val: Split, seed: int, repeats: int = 3
 ) -> dict[str, float]:
-    """Seconds for one epoch (batch 64) through digitlab's loop and through a DataLoader."""
+    """Seconds for one epoch (batch 64) through digitlab's loop and through a DataLoader, and
+    the FLOP/s digitlab's epoch achieves."""
     cfg = cfg.model_copy(update={"batch_size": 64, "epochs": 1, "scheduler": "none"})
     torch.optim.Adam(nn.Linear(1, 1).parameters())  # one-time lazy imports (~1.7 s): not timed
     torch.manual_seed(seed)
     ours, baseline = compare(
-        lambda: fit_classifier(
-            build_classifier(cfg.architecture()), train, val, cfg, seed, torch.device("cpu")
-        ),
+        lambda: fit_classifier(build_classifier(cfg.architecture()), train, val, cfg, seed, CPU),
         lambda: dataloader_epoch(
             build_classifier(cfg.architecture()), raw_dir, len(train), 64, seed
         ),
+        repeats,
     )
-    return {"digitlab_s": ours, "dataloader_s": baseline, "speedup": baseline / ours}
+    flops = classifier_epoch_flops(cfg, train, val)
+    return {"digitlab_s": ours, "dataloader_s": baseline, "speedup": baseline / ours,
+            "gflops": flops / ours / 1e9}  # fmt: skip
 
 
-def _torchvision_mnist(raw_dir: Path, root: str, transform: Any) -> Any:
-    """torchvision's MNIST training set over our raw files (symlinked into its layout)."""
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large float32 matrix product: the machine's practical peak."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of the matrix products and convolutions `fn` runs, forward
+    and backward, as torch's FlopCounterMode counts them."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def classifier_epoch_flops(cfg: ClassifierParams, train: Split, val: Split) -> float:
+    """FLOPs of one training epoch at batch 64 (forward and backward) plus the validation pass."""
+    model = build_classifier(cfg.architecture())
+    x, y = train.images[:64], train.labels[:64]
+    step = counted_flops(lambda: classifier_loss(model(x), y, cfg.loss).backward())
+    validation = counted_flops(lambda: loss_and_accuracy(model, val, cfg.loss, CPU))
+    return step * len(train) / 64 + validation
+
+
+def gan_step_flops(cfg: GANParams, real: torch.Tensor) -> int:
+    """FLOPs of one iteration of digitlab's GAN loop: G's forward pass, a D step on real and
+    fake images, a G step."""
+    from digitlab.gan import (
+        Discriminator,
+        Generator,
+        sample_latent,
+        train_discriminator,
+        train_generator,
+    )
+    from digitlab.optim import make_optimizer
+
+    G, D = Generator(cfg.generator_config()), Discriminator(cfg.discriminator.model_dump())
+    opt_g, opt_d = make_optimizer(cfg.optimizer_g, G), make_optimizer(cfg.optimizer_d, D)
+    z = sample_latent(cfg.batch_size, cfg.latent_size, cfg.latent, torch.Generator(), CPU)
+
+    def step() -> None:
+        fake = G(z)
+        train_discriminator(D, opt_d, real[: cfg.batch_size], fake)
+        train_generator(D, opt_g, fake)
+
+    return counted_flops(step)
+
+
+class _Reached(Exception):
+    """Raised from a training callback to stop once the target is reached."""
+
+
+def _first_reached(curve: list[dict[str, float]], key: str, target: float) -> dict[str, Any]:
+    hit = next((point for point in curve if point[key] >= target), None)
+    return {"seconds": hit["seconds"] if hit else None, "target": target, "curve": curve}
+
+
+def classifier_time_to_accuracy(
+    cfg: ClassifierParams, train: Split, val: Split, test: Split, seed: int, target: float
+) -> dict[str, Any]:
+    """Training seconds (validation included, test evaluation not) until the classifier first
+    reaches `target` test accuracy, checked after every epoch."""
+    torch.manual_seed(seed)
+    model = build_classifier(cfg.architecture())
+    curve: list[dict[str, float]] = []
+
+    def on_epoch(row: dict[str, float]) -> None:
+        seconds = (curve[-1]["seconds"] if curve else 0.0) + row["seconds"]
+        _, accuracy = loss_and_accuracy(model, test, cfg.loss, CPU)
+        curve.append({"epoch": row["epoch"], "seconds": seconds, "test_acc": accuracy})
+        if accuracy >= target:
+            raise _Reached
+
+    with contextlib.suppress(_Reached):
+        fit_classifier(model, train, val, cfg, seed, CPU, on_epoch)
+    return _first_reached(curve, "test_acc", target)
+
+
+class ExamplesNet(nn.Module):
+    """pytorch/examples' MNIST CNN (mnist/main.py): conv 32 → conv 64 → max-pool → dropout
+    0.25 → fc 128 → dropout 0.5 → fc 10, log-softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = F.relu(self.fc1(torch.flatten(self.dropout1(x), 1)))
+        return F.log_softmax(self.fc2(self.dropout2(x)), dim=1)
+
+
+def examples_time_to_accuracy(
+    raw_dir: Path, seed: int, target: float, max_epochs: int = 8, n_train: int | None = None
+) -> dict[str, Any]:
+    """pytorch/examples' MNIST recipe as its main.py runs it (DataLoader with ToTensor and
+    Normalize, batch 64, Adadelta lr 1.0, StepLR gamma 0.7, all 60,000 training images):
+    training seconds until the test accuracy, checked after every epoch, first reaches
+    `target`."""
+    from torchvision import transforms
+
+    torch.manual_seed(seed)
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+    )
+    curve: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as root:
+        train_set = _torchvision_mnist(raw_dir, root, transform, train=True)
+        test_set = _torchvision_mnist(raw_dir, root, transform, train=False)
+        if n_train is not None:
+            train_set = torch.utils.data.Subset(train_set, range(n_train))
+        train_loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
+        test_loader = torch.utils.data.DataLoader(test_set, batch_size=1000)
+        model = ExamplesNet()
+        optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+        seconds = 0.0
+        for epoch in range(1, max_epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            for data, labels in train_loader:
+                optimizer.zero_grad()
+                F.nll_loss(model(data), labels).backward()
+                optimizer.step()
+            seconds += time.perf_counter() - start
+            model.eval()
+            with torch.no_grad():
+                correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in test_loader)
+            curve.append({"epoch": epoch, "seconds": seconds, "test_acc": correct / len(test_set)})
+            scheduler.step()
+            if curve[-1]["test_acc"] >= target:
+                break
+    return _first_reached(curve, "test_acc", target)
+
+
+def gan_time_to_decent(
+    params: Params, real: torch.Tensor, classifier: nn.Module, loss: str, target: float,
+    n_samples: int = 1000,
+) -> dict[str, Any]:  # fmt: skip
+    """Training seconds (judging excluded) until the generator digitlab would save first makes
+    `target` decent samples (params.gan_eval.threshold), judged by the trained classifier on
+    n_samples fresh samples after every epoch (every round)."""
+    from digitlab.gan import fit_gan, generate
+    from digitlab.metrics import decent_rate
+    from digitlab.train import predict_logits, probabilities
+
+    cfg = params.gan
+    checks = cfg.epochs if cfg.schedule == "epochs" else cfg.rounds
+    cfg = cfg.model_copy(update={"snapshots": min(checks, 100)})
+    curve: list[dict[str, float]] = []
+    judging = 0.0
+    start = time.perf_counter()
+
+    def on_snapshot(step: int, G: nn.Module, saved: nn.Module) -> None:
+        nonlocal judging
+        begin = time.perf_counter()
+        samples = generate(saved, n_samples, cfg.generator_config(), params.seed, CPU)
+        probs = probabilities(predict_logits(classifier, samples, CPU), loss)
+        rate = decent_rate(probs, params.digits, params.gan_eval.threshold)
+        curve.append({"g_step": step, "seconds": begin - start - judging, "decent_rate": rate})
+        judging += time.perf_counter() - begin
+        if rate >= target:
+            raise _Reached
+
+    with contextlib.suppress(_Reached):
+        fit_gan(cfg, real, params.seed, CPU, on_snapshot=on_snapshot)
+    return _first_reached(curve, "decent_rate", target)
+
+
+def noop_repro_seconds(root: Path) -> float | None:
+    """Seconds of `dvc repro` with nothing to do; None when the pipeline is not up to date
+    (the benchmark does not run stages)."""
+    dvc = [sys.executable, "-m", "dvc"]
+    status = subprocess.run([*dvc, "status", "--json"], cwd=root, capture_output=True, text=True)
+    if status.returncode != 0 or json.loads(status.stdout or "{}"):
+        return None
+    start = time.perf_counter()
+    subprocess.run([*dvc, "repro"], cwd=root, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _torchvision_mnist(raw_dir: Path, root: str, transform: Any, train: bool = True) -> Any:
+    """torchvision's MNIST training (or test) set over our raw files, symlinked into its
+    layout under `root`."""
     from torchvision import datasets
 
     raw = Path(root) / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for path in raw_dir.iterdir():
-        (raw / path.name).symlink_to(path.resolve())
-    return datasets.MNIST(root, train=True, download=False, transform=transform)
+    if not raw.is_dir():
+        raw.mkdir(parents=True)
+        for path in raw_dir.iterdir():
+            (raw / path.name).symlink_to(path.resolve())
+    return datasets.MNIST(root, train=train, download=False, transform=transform)
+
+
+class NotebookNet(nn.Module):
+    """An MLP written the way the GAN notebook writes its networks: Linear layers, each hidden
+    one followed by LeakyReLU(0.2, inplace=True) (after BatchNorm1d where the config asks) and
+    the notebook's one shared nn.Dropout; tanh on the generator's output."""
+
+    def __init__(self, sizes: list[int], dropout: float, batchnorm: bool, tanh: bool) -> None:
+        super().__init__()
+        self.n_in, self.tanh = sizes[0], tanh
+        self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        self.norms = nn.ModuleList(
+            nn.BatchNorm1d(b) if batchnorm else nn.Identity() for b in sizes[1:-1]
+        )
+        self.activation = nn.LeakyReLU(0.2, inplace=True)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, self.n_in)
+        for fc, norm in zip(self.fc[:-1], self.norms, strict=True):
+            x = self.dropout(self.activation(norm(fc(x))))
+        out = self.fc[-1](x)
+        return out.tanh() if self.tanh else out
+
+
+def notebook_networks(cfg: GANParams) -> tuple[nn.Module, nn.Module]:
+    """(G, D) with cfg's layer sizes, written as the notebook writes them."""
+    g, d = cfg.generator_config(), cfg.discriminator
+    G = NotebookNet([cfg.latent_size, *g["hidden"], 784], g["dropout"], g["batchnorm"], True)
+    D = NotebookNet([784, *d.hidden, 1], d.dropout, False, False)
+    return G, D
 
 
 def notebook_gan_seconds(
     cfg: GANParams, raw_dir: Path, digits: list[int], steps: int, seed: int
 ) -> float:
-    """Seconds for `steps` iterations of the GAN notebook's loop: a DataLoader with per-sample
-    ToTensor, noise drawn with numpy, D on real then on detached fakes, G on the same fakes,
-    and a generator pass over the fixed noise every iteration."""
+    """Seconds for `steps` iterations of the GAN notebook's loop, as the notebook writes it:
+    a DataLoader with per-sample ToTensor, noise drawn with numpy, D on real then on detached
+    fakes, G on the same fakes, both losses read with .item() for the loss curves, and a
+    generator pass over the fixed noise (4 samples) every iteration. Plain torch optimizers."""
     import numpy as np
     from torchvision import transforms
 
-    from digitlab.gan import Discriminator, Generator, make_optimizer
-
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    G, D = Generator(cfg.generator_config()), Discriminator(cfg.discriminator.model_dump())
-    g_opt, d_opt = make_optimizer(cfg.optimizer_g, G), make_optimizer(cfg.optimizer_d, D)
+    np.random.seed(seed)
+    G, D = notebook_networks(cfg)
+    optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    g_opt = optimizers[cfg.optimizer_g.name](G.parameters(), cfg.optimizer_g.lr)
+    d_opt = optimizers[cfg.optimizer_d.name](D.parameters(), cfg.optimizer_d.lr)
     criterion = nn.BCEWithLogitsLoss()
-    fixed = torch.from_numpy(rng.uniform(-1, 1, size=(16, cfg.latent_size))).float()
+    fixed_noise = torch.from_numpy(np.random.uniform(-1, 1, size=(4, cfg.latent_size))).float()
     with tempfile.TemporaryDirectory() as root:
         dataset = _torchvision_mnist(raw_dir, root, transforms.ToTensor())
         keep = torch.isin(dataset.targets, torch.tensor(digits)).nonzero().squeeze(1).tolist()
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, keep),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
+            torch.utils.data.Subset(dataset, keep), batch_size=cfg.batch_size, shuffle=True
         )
-        done, samples = 0, []
+        done, d_losses, g_losses, fake_images = 0, [], [], []
+        D.train()
+        G.train()
         start = time.perf_counter()
         while done < steps:
-            for real, _ in loader:
-                real = real * 2 - 1
-                label = torch.ones(len(real))
+            for data in loader:
+                real_images = data[0]
+                batch_size = real_images.size(0)
+                label = torch.full((batch_size,), 1, dtype=torch.float)
+                real_images = real_images * 2 - 1
+                output = D(real_images).view(-1)
                 D.zero_grad()
-                err_real = criterion(D(real).view(-1), label)
-                err_real.backward()
-                z = torch.from_numpy(rng.uniform(-1, 1, size=(len(real), cfg.latent_size))).float()
+                err_d_real = criterion(output, label)
+                err_d_real.backward()
+                z = np.random.uniform(-1, 1, size=(batch_size, cfg.latent_size))
+                z = torch.from_numpy(z).float()
                 fake = G(z)
-                err_fake = criterion(D(fake.detach()).view(-1), label.fill_(0.0))
-                err_fake.backward()
+                label.fill_(0)
+                output = D(fake.detach()).view(-1)
+                err_d_fake = criterion(output, label)
+                err_d_fake.backward()
+                err_d = err_d_fake + err_d_real
                 d_opt.step()
                 G.zero_grad()
-                criterion(D(fake).view(-1), label.fill_(1.0)).backward()
+                label.fill_(1)
+                output = D(fake).view(-1)
+                err_g = criterion(output, label)
+                err_g.backward()
                 g_opt.step()
+                d_losses.append(err_d.item())
+                g_losses.append(err_g.item())
                 G.eval()
-                samples.append(G(fixed).detach())
+                fake_images.append(G(fixed_noise.float()))
                 G.train()
                 done += 1
                 if done == steps:
@@ -147,17 +394,19 @@ def notebook_gan_seconds(
 def gan_speedup(
     cfg: GANParams, raw_dir: Path, real: Split, digits: list[int], seed: int
 ) -> dict[str, float]:
-    """G steps per second: digitlab's fit_gan vs the notebook loop, same networks and batch."""
+    """G steps per second: digitlab's fit_gan (EMA off, as the notebook has none) vs the
+    notebook loop, same layer sizes and batch; and the FLOP/s digitlab's loop achieves."""
     from digitlab.gan import fit_gan
 
     cfg = cfg.model_copy(update={"schedule": "epochs", "epochs": 3, "ema": 0.0, "snapshots": 1})
     steps = cfg.epochs * (len(real) // cfg.batch_size)
     ours, baseline = compare(
-        lambda: fit_gan(cfg, real.images, seed, torch.device("cpu")),
+        lambda: fit_gan(cfg, real.images, seed, CPU),
         lambda: notebook_gan_seconds(cfg, raw_dir, digits, steps, seed),
     )
+    flops = gan_step_flops(cfg, real.images * 2 - 1)
     return {"digitlab_steps_per_s": steps / ours, "notebook_steps_per_s": steps / baseline,
-            "speedup": baseline / ours}  # fmt: skip
+            "speedup": baseline / ours, "gflops": flops * steps / ours / 1e9}  # fmt: skip
 
 
 def notebook_gan_params(params: Params) -> GANParams:
@@ -173,32 +422,96 @@ def notebook_gan_params(params: Params) -> GANParams:
     })  # fmt: skip
 
 
-def run(params: Params, prepared: Path, raw_dir: Path) -> dict:
-    """All benchmarks; returns the figures."""
-    train, val = load_split(prepared, "train"), load_split(prepared, "val")
+def run(params: Params, prepared: Path, raw_dir: Path, quality: bool = True) -> dict:
+    """Every benchmark, in one process; returns the figures."""
+    train, val, test = (load_split(prepared, name) for name in ("train", "val", "test"))
     mlp = params.classifier.model_copy(
         update={"arch": "mlp", "hidden": [256], "activation": "relu", "dropout": 0.0, "loss": "ce"}
     )
-    digits = params.digits
+    digits, seed = params.digits, params.seed
     real = train.of_digits(digits)
-    return {
+    peak = matmul_peak()
+    results: dict[str, Any] = {
         "threads": torch.get_num_threads(),
-        "classifier_mlp_784_256_10": classifier_speedup(mlp, raw_dir, train, val, params.seed),
+        "classifier_mlp": classifier_speedup(mlp, raw_dir, train, val, seed),
+        "classifier_cnn": classifier_speedup(params.classifier, raw_dir, train, val, seed, 2),
         "gan_notebook_networks": gan_speedup(
-            notebook_gan_params(params), raw_dir, real, digits, params.seed
+            notebook_gan_params(params), raw_dir, real, digits, seed
         ),
-        "gan_default_networks": gan_speedup(params.gan, raw_dir, real, digits, params.seed),
+        "gan_default_networks": gan_speedup(params.gan, raw_dir, real, digits, seed),
     }
+    if quality:
+        results["time_to_99_test_acc"] = {
+            "digitlab": classifier_time_to_accuracy(
+                params.classifier, train, val, test, seed, 0.99
+            ),
+            "pytorch_examples": examples_time_to_accuracy(raw_dir, seed, 0.99),
+        }
+        classifier_path = Path("models/classifier.pt")
+        if classifier_path.is_file():
+            classifier, checkpoint = load_classifier(classifier_path)
+            results["gan_time_to_90_decent"] = gan_time_to_decent(
+                params, real.images, classifier, checkpoint["config"]["loss"], 0.9
+            )
+    results["matmul_peak_gflops"] = max(peak, matmul_peak()) / 1e9  # before and after
+    for name in ("classifier_mlp", "classifier_cnn", "gan_notebook_networks", "gan_default_networks"):  # fmt: skip
+        results[name]["peak_share"] = results[name]["gflops"] / results["matmul_peak_gflops"]
+    results["noop_repro_s"] = noop_repro_seconds(Path.cwd())
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures as a Markdown table: what, the baseline, digitlab, the ratio, the bar."""
+
+    def fmt(value: float | None, unit: str) -> str:
+        return "n/a" if value is None else f"{value:,.1f} {unit}".strip()
+
+    rows = [("what", "baseline", "digitlab", "ratio", "bar"), ("---",) * 5]
+    for name, label in (("classifier_mlp", "MLP 784-256-10 epoch, batch 64"),
+                        ("classifier_cnn", "default CNN epoch, batch 64")):  # fmt: skip
+        r = results[name]
+        rows.append((f"{label} (vs DataLoader)", fmt(r["dataloader_s"], "s"),
+                     fmt(r["digitlab_s"], "s"), f"{r['speedup']:.1f}×",
+                     "≥ 10×" if name == "classifier_mlp" else ""))  # fmt: skip
+    for name, label in (("gan_notebook_networks", "GAN, notebook's networks"),
+                        ("gan_default_networks", "GAN, default (lab 5's) networks")):  # fmt: skip
+        r = results[name]
+        rows.append((f"{label}: G steps/s (vs notebook loop)", fmt(r["notebook_steps_per_s"], ""),
+                     fmt(r["digitlab_steps_per_s"], ""), f"{r['speedup']:.1f}×",
+                     "≥ 3×" if name == "gan_notebook_networks" else ""))  # fmt: skip
+    peak = results["matmul_peak_gflops"]
+    for name, label, bar in (("gan_default_networks", "default GAN step", "≥ 70%"),
+                             ("classifier_mlp", "MLP epoch", ""),
+                             ("classifier_cnn", "default CNN epoch", "")):  # fmt: skip
+        r = results[name]
+        rows.append((f"{label}: GFLOP/s vs 2048² matmul peak", fmt(peak, ""),
+                     fmt(r["gflops"], ""), f"{r['peak_share']:.0%}", bar))  # fmt: skip
+    if "time_to_99_test_acc" in results:
+        ours = results["time_to_99_test_acc"]["digitlab"]["seconds"]
+        theirs = results["time_to_99_test_acc"]["pytorch_examples"]["seconds"]
+        ratio = f"{ours / theirs:.2f}" if ours and theirs else "n/a"
+        rows.append(("seconds to 99.0% test accuracy (vs pytorch/examples)", fmt(theirs, "s"),
+                     fmt(ours, "s"), ratio, "≤ 0.5"))  # fmt: skip
+    if "gan_time_to_90_decent" in results:
+        seconds = results["gan_time_to_90_decent"]["seconds"]
+        rows.append(("seconds until the default GAN is 90% decent", "", fmt(seconds, "s"), "", ""))
+    rows.append(("`dvc repro` with nothing to do", "", fmt(results["noop_repro_s"], "s"), "", ""))
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    parser.add_argument(
+        "--no-quality", action="store_true", help="skip the time-to-quality runs (about 5 min)"
+    )
     args = parser.parse_args()
     params = load_params()
-    results = run(params, Path("data/prepared"), Path("data/raw") / params.data.dataset)
+    raw_dir = Path("data/raw") / params.data.dataset
+    results = run(params, Path("data/prepared"), raw_dir, quality=not args.no_quality)
     write_json(args.out, results)
-    print(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"figures: {args.out}")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,14 @@ def class_histogram(predicted: torch.Tensor) -> tuple[list[int], float, int]:
 MEMORISATION_QUANTILE = 0.05
 
 
+def decent_rate(probs: torch.Tensor, digits: list[int], threshold: float) -> float:
+    """Share of samples the classifier gives the chosen digit (any digit when all ten are
+    asked for) with probability ≥ threshold."""
+    if len(digits) == 1:
+        return (probs[:, digits[0]] >= threshold).double().mean().item()
+    return (probs.max(1).values >= threshold).double().mean().item()
+
+
 def gan_quality(
     samples: torch.Tensor,
     probs: torch.Tensor,
@@ -150,10 +158,7 @@ def gan_quality(
     not copy its training images).
     """
     predicted = probs.argmax(1)
-    if len(digits) == 1:
-        decent = (probs[:, digits[0]] >= threshold).double().mean().item()
-    else:
-        decent = (probs.max(1).values >= threshold).double().mean().item()
+    decent = decent_rate(probs, digits, threshold)
     counts, entropy, present = class_histogram(predicted)
     frechet = frechet_distance(features["samples"], features["test"])
     floor = frechet_distance(features["train"], features["test"])
