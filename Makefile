@@ -38,8 +38,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# MLflow's UI over the project's store, on this machine only: http://127.0.0.1:$(UI_PORT)
+UI_PORT ?= 5000
 ui: setup
-	$(BIN)/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
+	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

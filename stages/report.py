@@ -8,18 +8,19 @@ from digitlab.errors import run_main
 from digitlab.files import atomic_path, write_text
 from digitlab.params import load_params
 from digitlab.report import build_report, latest_stage_runs, progress_gif
-from digitlab.tracking import stage_run
+from digitlab.tracking import PIPELINE_TAG, experiment_name, stage_run
 
 GIF = Path("reports/gan/progress.gif")
 
 
 def main() -> None:
     params = load_params()
-    with stage_run("report", params, {}):
+    with stage_run("report", params, {}) as run:
         frames = sorted(Path("reports/gan/progress").glob("step_*.png"))
         with atomic_path(GIF) as tmp:
             progress_gif(frames, tmp)
-        write_text("reports/index.html", build_report(Path("."), latest_stage_runs(), GIF))
+        runs = latest_stage_runs(run.data.tags[PIPELINE_TAG], experiment_name())
+        write_text("reports/index.html", build_report(Path("."), runs, GIF))
         mlflow.log_artifact("reports/index.html", "report")
         print(
             f"report: reports/index.html ({Path('reports/index.html').stat().st_size / 1e6:.1f} MB)"

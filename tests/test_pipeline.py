@@ -234,7 +234,7 @@ def test_digit_change_reevaluates_without_retraining(repo: tuple[Path, dict[str,
     model = (path / "models/classifier.pt").read_bytes()
     set_param(path, "digit", 7)
     try:
-        assert changed_stages(path, env) == DIGIT_STAGES - {"report"}  # report: no params
+        assert changed_stages(path, env) == DIGIT_STAGES  # report prints every param
         assert ran_stages(dvc(path, env, "repro").stdout) == DIGIT_STAGES
         table = __import__("pandas").read_csv(path / "reports/classifier/breakdown.csv")
         assert set(table.digit) == {7} and 7 not in set(table.other)
@@ -325,7 +325,7 @@ def test_evaluate_gan_metrics_and_gan_eval_change(repo: tuple[Path, dict[str, st
     assert "reports/gan/metrics.json" in dvc(path, env, "metrics", "show").stdout
     set_param(path, "gan_eval.threshold", 0.5)
     try:
-        assert changed_stages(path, env) == {"evaluate_gan"}
+        assert changed_stages(path, env) == {"evaluate_gan", "report"}
         assert ran_stages(dvc(path, env, "repro").stdout) == {"evaluate_gan", "report"}
         looser = json.loads((path / "reports/gan/metrics.json").read_text())
         assert looser["decent_rate"] >= metrics["decent_rate"]
@@ -368,7 +368,7 @@ def test_val_size_change_reruns_prepare_and_downstream(repo: tuple[Path, dict[st
     path, env = repo
     set_param(path, "data.val_size", 6000)
     try:
-        assert changed_stages(path, env) == {"prepare"}
+        assert changed_stages(path, env) == {"prepare", "report"}
         result = dvc(path, env, "repro")
         assert ran_stages(result.stdout) == ALL_STAGES - {"fetch"}
         assert len(load_split(path / "data/prepared", "val")) == 6000

@@ -76,26 +76,38 @@ def progress_gif(frames: list[Path], out: Path, ms_per_frame: int = 600) -> None
     out.write_bytes(buffer.getvalue())
 
 
-def latest_stage_runs() -> dict[str, str]:
-    """The run id of the most recent finished MLflow run of each stage."""
+def latest_stage_runs(pipeline: str | None = None, exp: str | None = None) -> dict[str, str]:
+    """The run id of the most recent finished MLflow run of each stage.
+
+    Runs of the same pipeline come first (the stages this pipeline ran itself), then runs of
+    the same DVC experiment, then workspace runs (a queued experiment takes the stages it did
+    not rerun from its baseline), then any: so queued experiments running side by side never
+    report each other's runs.
+    """
     import mlflow
 
-    from digitlab.tracking import EXPERIMENT, KIND_TAG, tracking_uri
+    from digitlab.tracking import EXPERIMENT, KIND_TAG, PIPELINE_TAG, WORKSPACE, tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return {}
+    scopes = [f"tags.`{PIPELINE_TAG}` = '{pipeline}'"] if pipeline else []
+    scopes += [f"tags.`dvc.exp` = '{name}'" for name in dict.fromkeys([exp, WORKSPACE]) if name]
+    scopes.append("")
     runs = {}
     for stage in STAGES:
-        found = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`dvc.stage` = '{stage}' and tags.`{KIND_TAG}` = 'stage' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if found:
-            runs[stage] = found[0].info.run_id
+        query = f"tags.`dvc.stage` = '{stage}' and tags.`{KIND_TAG}` = 'stage' and attributes.status = 'FINISHED'"
+        for scope in scopes:
+            found = client.search_runs(
+                [experiment.experiment_id],
+                filter_string=f"{query} and {scope}" if scope else query,
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if found:
+                runs[stage] = found[0].info.run_id
+                break
     return runs
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from digitlab.params import Params
 EXPERIMENT = "digitlab"
 PIPELINE_TAG = "digitlab.pipeline"
 KIND_TAG = "digitlab.kind"  # 'pipeline' on parent runs, 'stage' on stage runs
+WORKSPACE = "workspace"  # the dvc.exp tag of runs that no DVC experiment started
 
 
 def repo_root() -> Path:
@@ -38,8 +42,17 @@ def tracking_uri(root: Path | None = None) -> str:
     )
 
 
+def experiment_name() -> str:
+    """The DVC experiment this stage runs in (DVC_EXP_NAME), else 'workspace'."""
+    return os.environ.get("DVC_EXP_NAME") or WORKSPACE
+
+
 def git_commit(cwd: Path | None = None) -> str:
-    """The current git commit, or 'none' outside a repo or before the first commit."""
+    """The commit the pipeline runs on: an experiment's baseline (DVC_EXP_BASELINE_REV; a queued
+    one may run after HEAD has moved on), else HEAD; 'none' outside a repo or before the
+    first commit."""
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
@@ -71,6 +84,28 @@ def flatten(obj: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[st
     return flat
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on `<db>.lock` beside a SQLite store (nothing for other stores).
+
+    Processes that create a SQLite store at the same moment (two queue workers on a fresh
+    repo) both run MLflow's schema migration and all but one fail; setting up under this lock
+    serialises that, and the experiment and parent-run look-ups. Later writes need no lock:
+    MLflow waits up to 20 s for a busy SQLite database.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _experiment_id(client: Any, root: Path, local_store: bool) -> str:
     import mlflow
 
@@ -80,22 +115,46 @@ def _experiment_id(client: Any, root: Path, local_store: bool) -> str:
     location = (root / "mlartifacts").as_uri() if local_store else None
     try:
         return client.create_experiment(EXPERIMENT, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
-def _parent_run_id(client: Any, experiment_id: str, pipeline: str, tags: dict[str, str]) -> str:
+def _parent_run_id(
+    client: Any, experiment_id: str, pipeline: str, tags: dict[str, str], params: Params
+) -> str:
+    """The pipeline's parent run, created with every param (so that comparing parent runs
+    compares whole pipelines) or found again; RUNNING while one of its stages runs."""
+    from mlflow.entities import Param
+
     query = f"tags.`{PIPELINE_TAG}` = '{pipeline}' and tags.`{KIND_TAG}` = 'pipeline'"
     found = client.search_runs([experiment_id], filter_string=query, max_results=1)
     if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     run = client.create_run(
         experiment_id,
         run_name=f"pipeline {pipeline}",
         tags={**tags, PIPELINE_TAG: pipeline, KIND_TAG: "pipeline"},
     )
-    client.set_terminated(run.info.run_id, "FINISHED")
+    flat = flatten(params.model_dump(mode="json"))
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
     return run.info.run_id
+
+
+def _summarise_on_parent(client: Any, parent: str, run_id: str, status: str) -> None:
+    """Copy the stage run's latest metrics onto the parent run under the same names, and end
+    the parent with the stage's status and time: parent runs then line up in the compare view
+    with one row per pipeline, and show how its last stage ended."""
+    from mlflow.entities import Metric
+
+    try:
+        now = int(time.time() * 1000)
+        metrics = client.get_run(run_id).data.metrics
+        if metrics:
+            client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        client.set_terminated(parent, status, end_time=now)
+    except Exception as exc:  # the stage's own run is complete: say so, do not fail the stage
+        print(f"digitlab: warning: could not update the pipeline run: {exc}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -103,29 +162,41 @@ def stage_run(stage: str, params: Params, logged_params: Mapping[str, Any]) -> I
     """Start the MLflow run of one stage, nested under its pipeline's parent run.
 
     Logs `logged_params` (flattened) and the tags dvc.stage, git.commit, dvc.exp, digit,
-    dataset. The run ends FINISHED, or FAILED when the block raises.
+    dataset. The run ends FINISHED, or FAILED when the block raises (an exception, Ctrl-C, or
+    SIGTERM under errors.run_main); its metrics are then copied onto the parent run.
     """
     import mlflow
 
     root = repo_root()
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    experiment_id = _experiment_id(client, root, local_store=uri.startswith("sqlite:"))
     commit = git_commit(root)
     tags = {
         "git.commit": commit,
-        "dvc.exp": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "dvc.exp": experiment_name(),
         "digit": str(params.digit),
         "dataset": params.data.dataset,
     }
     pipeline = pipeline_id(params, commit)
-    parent = _parent_run_id(client, experiment_id, pipeline, tags)
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=stage,
-        parent_run_id=parent,
-        tags={**tags, "dvc.stage": stage, PIPELINE_TAG: pipeline, KIND_TAG: "stage"},
-    ) as run:
-        mlflow.log_params(flatten(logged_params))
-        yield run
+    with store_lock(uri):
+        client = mlflow.MlflowClient(uri)
+        experiment_id = _experiment_id(client, root, local_store=uri.startswith("sqlite:"))
+        parent = _parent_run_id(client, experiment_id, pipeline, tags, params)
+    status, run_id = "FAILED", None
+    try:
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=stage,
+            parent_run_id=parent,
+            tags={**tags, "dvc.stage": stage, PIPELINE_TAG: pipeline, KIND_TAG: "stage"},
+        ) as run:
+            run_id = run.info.run_id
+            mlflow.log_params(flatten(logged_params))
+            yield run
+        status = "FINISHED"
+    finally:
+        if run_id is None:  # the stage's run could not start: its pipeline is not running
+            with contextlib.suppress(Exception):
+                client.set_terminated(parent, "FAILED")
+        else:
+            _summarise_on_parent(client, parent, run_id, status)
