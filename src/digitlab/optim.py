@@ -16,87 +16,93 @@ import torch
 from torch import nn
 
 
-def _with_grads(group: dict[str, Any]) -> list[torch.Tensor]:
-    return [p for p in group["params"] if p.grad is not None]
+class _LeanStep:
+    """Mixin for a fused torch optimizer: torch's own step() the first time (it creates the
+    state) and whenever a setting or parameter needs it; otherwise `_fused_step` per group."""
 
-
-class LeanAdam(torch.optim.Adam):
-    """`torch.optim.Adam(fused=True)` (no amsgrad), with a direct call to the fused kernel."""
+    _unsupported = ""  # a `defaults` key that, when set, leaves every step to torch
 
     def __init__(self, params: Any, **kwargs: Any) -> None:
-        super().__init__(params, fused=True, **kwargs)
+        super().__init__(params, fused=True, **kwargs)  # type: ignore[call-arg]
         self._stepped = False
 
     @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
-        if closure is not None or not self._stepped or self.defaults["amsgrad"]:
-            super().step(closure)
-            self._stepped = True
-            return
-        for group in self.param_groups:
-            params = _with_grads(group)
-            if not params:
-                continue
-            states = [self.state[p] for p in params]
-            if any(not state for state in states):  # a parameter's first step
-                super().step()
-                return
-            steps = [state["step"] for state in states]
-            torch._foreach_add_(steps, 1)
-            beta1, beta2 = group["betas"]
-            torch._fused_adam_(
-                params,
-                [p.grad for p in params],
-                [state["exp_avg"] for state in states],
-                [state["exp_avg_sq"] for state in states],
-                [],
-                steps,
-                amsgrad=False,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=group["maximize"],
-            )
+    def step(self, closure: None = None) -> Any:
+        if closure is None and self._stepped and not self.defaults[self._unsupported]:
+            groups = [
+                (group, [p for p in group["params"] if p.grad is not None])
+                for group in self.param_groups
+            ]
+            if all(self._ready(group, params) for group, params in groups):
+                for group, params in groups:
+                    if params:
+                        self._fused_step(group, params)
+                return None
+        loss = super().step(closure)  # type: ignore[misc]
+        self._stepped = True
+        return loss
+
+    def _ready(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        raise NotImplementedError
+
+    def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        raise NotImplementedError
 
 
-class LeanSGD(torch.optim.SGD):
-    """`torch.optim.SGD(fused=True)` (no nesterov), with a direct call to the fused kernel."""
+class LeanAdam(_LeanStep, torch.optim.Adam):
+    """`torch.optim.Adam(fused=True)`, with a direct call to the fused kernel (no amsgrad)."""
 
-    def __init__(self, params: Any, **kwargs: Any) -> None:
-        super().__init__(params, fused=True, **kwargs)
-        self._stepped = False
+    _unsupported = "amsgrad"
 
-    @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
-        if closure is not None or not self._stepped or self.defaults["nesterov"]:
-            super().step(closure)
-            self._stepped = True
-            return
-        for group in self.param_groups:
-            params = _with_grads(group)
-            if not params:
-                continue
-            momentum = group["momentum"]
-            buffers = []
-            if momentum != 0:
-                buffers = [self.state[p].get("momentum_buffer") for p in params]
-                if any(buffer is None for buffer in buffers):  # a parameter's first step
-                    super().step()
-                    return
-            torch._fused_sgd_(
-                params,
-                [p.grad for p in params],
-                buffers,
-                weight_decay=group["weight_decay"],
-                momentum=momentum,
-                lr=group["lr"],
-                dampening=group["dampening"],
-                nesterov=False,
-                maximize=group["maximize"],
-                is_first_step=False,
-            )
+    def _ready(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        return all(self.state[p] for p in params)  # every parameter has had a first step
+
+    def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        states = [self.state[p] for p in params]
+        steps = [state["step"] for state in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_(
+            params,
+            [p.grad for p in params],
+            [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states],
+            [],
+            steps,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
+
+
+class LeanSGD(_LeanStep, torch.optim.SGD):
+    """`torch.optim.SGD(fused=True)`, with a direct call to the fused kernel (no nesterov)."""
+
+    _unsupported = "nesterov"
+
+    def _ready(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        return group["momentum"] == 0 or all(
+            self.state[p].get("momentum_buffer") is not None for p in params
+        )
+
+    def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        momentum = group["momentum"]
+        torch._fused_sgd_(
+            params,
+            [p.grad for p in params],
+            [self.state[p]["momentum_buffer"] for p in params] if momentum != 0 else [],
+            weight_decay=group["weight_decay"],
+            momentum=momentum,
+            lr=group["lr"],
+            dampening=group["dampening"],
+            nesterov=False,
+            maximize=group["maximize"],
+            is_first_step=False,
+        )
 
 
 def make_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
