@@ -9,11 +9,30 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from digitlab.data import RAW_DIR_ENV, Source, _copy_from_dir, fetch_raw, prepare, sources_for
+from digitlab.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def set_key(raw: dict, key: str, value: object) -> None:
+    """Set a dotted key ('gan.discriminator.hidden') in a params.yaml mapping."""
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def repo_params(**changes: object) -> Params:
+    """The repo's params.yaml, parsed, with dotted keys changed: repo_params(**{"gan.epochs": 2})."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in changes.items():
+        set_key(raw, key, value)
+    return parse_params(raw)
 
 
 def _repo_raw(dataset: str, staging: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
+from conftest import repo_params
 
 from digitlab.bench import (
     ExamplesNet,
@@ -25,21 +25,7 @@ from digitlab.bench import (
 )
 from digitlab.data import Split, load_split
 from digitlab.models import MLP, n_parameters
-from digitlab.params import Params, parse_params
 from digitlab.train import classifier_loss, fit_classifier
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_params(**changes: object) -> Params:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in changes.items():
-        *parents, last = key.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return parse_params(raw)
 
 
 def small(split: Split, n: int) -> Split:
@@ -55,7 +41,7 @@ def test_dataloader_epoch_trains_the_model(raw_mnist: Path) -> None:
 
 
 def test_notebook_gan_loop_runs_the_notebook_networks(raw_mnist: Path) -> None:
-    cfg = notebook_gan_params(default_params())
+    cfg = notebook_gan_params(repo_params())
     assert cfg.generator_config()["hidden"] == [32, 64, 128]
     assert cfg.optimizer_d.name == "sgd" and cfg.latent == "uniform"
     G, D = notebook_networks(cfg)
@@ -78,7 +64,7 @@ def test_flops_of_an_mlp_step_are_counted_by_hand() -> None:
 
 def test_classifier_epoch_flops_add_the_validation_pass(prepared: tuple[Path, dict]) -> None:
     train, val = load_split(prepared[0], "train"), load_split(prepared[0], "val")
-    cfg = default_params(**{"classifier.arch": "mlp", "classifier.hidden": [32]}).classifier
+    cfg = repo_params(**{"classifier.arch": "mlp", "classifier.hidden": [32]}).classifier
     flops = classifier_epoch_flops(cfg, small(train, 640), small(val, 100))
     per_image_step = 2 * (784 * 32 + 32 * 10) * 2 + 2 * 10 * 32  # as in the test above, / 64
     assert flops == per_image_step * 640 + 2 * (784 * 32 + 32 * 10) * 100
@@ -86,7 +72,7 @@ def test_classifier_epoch_flops_add_the_validation_pass(prepared: tuple[Path, di
 
 def test_gan_step_flops_scale_with_the_batch(prepared: tuple[Path, dict]) -> None:
     real = load_split(prepared[0], "train").images[:128] * 2 - 1
-    params = default_params()
+    params = repo_params()
     flops = {
         b: gan_step_flops(params.gan.model_copy(update={"batch_size": b}), real) for b in (32, 64)
     }
@@ -107,7 +93,7 @@ def test_pytorch_examples_recipe_learns(raw_mnist: Path) -> None:
 
 def test_classifier_time_to_accuracy_stops_at_the_target(prepared: tuple[Path, dict]) -> None:
     train, val, test = (load_split(prepared[0], name) for name in ("train", "val", "test"))
-    cfg = default_params(
+    cfg = repo_params(
         **{"classifier.arch": "mlp", "classifier.hidden": [32], "classifier.epochs": 5}
     ).classifier
     result = classifier_time_to_accuracy(cfg, small(train, 2000), val, small(test, 1000), 0, 0.5)
@@ -117,7 +103,7 @@ def test_classifier_time_to_accuracy_stops_at_the_target(prepared: tuple[Path, d
 
 def test_gan_time_to_decent_judges_every_epoch(prepared: tuple[Path, dict]) -> None:
     train, val = load_split(prepared[0], "train"), load_split(prepared[0], "val")
-    params = default_params(**{"gan.epochs": 2, "gan.discriminator.hidden": [64, 32]})
+    params = repo_params(**{"gan.epochs": 2, "gan.discriminator.hidden": [64, 32]})
     classifier = MLP([32], "relu", 0.0)
     fit_classifier(classifier, small(train, 2000), val, params.classifier.model_copy(
         update={"epochs": 1, "scheduler": "none"}), 0, torch.device("cpu"))  # fmt: skip

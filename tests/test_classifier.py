@@ -6,28 +6,23 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import repo_params
 
 from digitlab.data import Split, load_split
 from digitlab.errors import DigitlabError
 from digitlab.metrics import breakdown, classifier_report, detector_metrics, mlflow_metrics
 from digitlab.models import build_classifier, load_classifier, n_parameters, save_checkpoint
-from digitlab.params import ClassifierParams, parse_params
+from digitlab.params import ClassifierParams
 from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, predict_logits
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
 def classifier_params(**changes: object) -> ClassifierParams:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in changes.items():
-        node = raw["classifier"]
-        *parents, last = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return parse_params(raw).classifier
+    """The repo's classifier params with keys changed ('optimizer__lr' for optimizer.lr)."""
+    return repo_params(
+        **{f"classifier.{k.replace('__', '.')}": v for k, v in changes.items()}
+    ).classifier
 
 
 def subset(split: Split, n: int) -> Split:

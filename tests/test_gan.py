@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from conftest import repo_params
 
 from digitlab.data import Split, load_split
 from digitlab.gan import (
@@ -26,23 +26,17 @@ from digitlab.gan import (
 )
 from digitlab.models import load_checkpoint, save_checkpoint
 from digitlab.optim import make_optimizer
-from digitlab.params import GANParams, parse_params
+from digitlab.params import GANParams
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 TINY = {"epochs": 1, "rounds": 3, "d_steps": 2, "g_steps": 2, "snapshots": 2, "batch_size": 32,
         "discriminator__hidden": [64, 32]}  # fmt: skip
 
 
 def gan_params(**changes: object) -> GANParams:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in {**TINY, **changes}.items():
-        node = raw["gan"]
-        *parents, last = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return parse_params(raw).gan
+    """The repo's GAN params, tiny (TINY), with keys changed ('discriminator__hidden')."""
+    merged = {**TINY, **changes}
+    return repo_params(**{f"gan.{k.replace('__', '.')}": v for k, v in merged.items()}).gan
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import set_key
 
 from digitlab.params import ParamsError, load_params, parse_params
 
@@ -16,11 +17,7 @@ def raw_params() -> dict:
 
 def with_value(key: str, value: object) -> dict:
     raw = raw_params()
-    *parents, last = key.split(".")
-    node = raw
-    for part in parents:
-        node = node[part]
-    node[last] = value
+    set_key(raw, key, value)
     return raw
 
 

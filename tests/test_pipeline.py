@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import copy_repo, pipeline_env
+from conftest import copy_repo, pipeline_env, set_key
 
 from digitlab.data import load_split
 
@@ -29,11 +29,7 @@ def dvc(
 def set_param(repo: Path, key: str, value: object) -> None:
     path = repo / "params.yaml"
     raw = yaml.safe_load(path.read_text())
-    *parents, last = key.split(".")
-    node = raw
-    for part in parents:
-        node = node[part]
-    node[last] = value
+    set_key(raw, key, value)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
