@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import repo_params
 
@@ -16,8 +17,10 @@ from digitlab.bench import (
     counted_flops,
     dataloader_epoch,
     examples_time_to_accuracy,
+    gan_peak_share,
     gan_step_flops,
     gan_time_to_decent,
+    lab5_gan_params,
     matmul_peak,
     notebook_gan_params,
     notebook_gan_seconds,
@@ -77,6 +80,19 @@ def test_gan_step_flops_scale_with_the_batch(prepared: tuple[Path, dict]) -> Non
         b: gan_step_flops(params.gan.model_copy(update={"batch_size": b}), real) for b in (32, 64)
     }
     assert flops[64] == 2 * flops[32] > 1e9  # lab 5's networks: about 1.9 GFLOP per iteration
+
+
+def test_lab5_gan_loop_is_timed_next_to_the_peak(prepared: tuple[Path, dict]) -> None:
+    train = load_split(prepared[0], "train")
+    cfg = lab5_gan_params(repo_params())
+    assert cfg.generator_config()["hidden"] == [256, 512, 1024]
+    assert cfg.discriminator.hidden == [1024, 512, 256]
+    assert not cfg.generator.batchnorm and cfg.generator.dropout == cfg.discriminator.dropout == 0
+    assert cfg.optimizer_d.name == cfg.optimizer_g.name == "adam" and cfg.batch_size == 64
+    result = gan_peak_share(cfg, small(train, 192), seed=0, repeats=1)  # 3 steps
+    assert result["steps_per_s"] > 0 and 1 < result["peak_gflops"] < 1e5
+    assert result["peak_share"] == pytest.approx(result["gflops"] / result["peak_gflops"])
+    assert 0 < result["peak_share"] < 2
 
 
 def test_matmul_peak_is_measured() -> None:

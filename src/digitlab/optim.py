@@ -16,36 +16,81 @@ import torch
 from torch import nn
 
 
+def _memory_order(t: torch.Tensor) -> torch.Tensor:
+    """t, or its transpose when t is a column-major matrix: the same elements, which the fused
+    elementwise kernels then walk in memory order (on a column-major tensor they run 3× slower)."""
+    return t.t() if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous() else t
+
+
 class _LeanStep:
     """Mixin for a fused torch optimizer: torch's own step() the first time (it creates the
-    state) and whenever a setting or parameter needs it; otherwise `_fused_step` per group."""
+    state) and whenever a setting or parameter needs it; otherwise `_fused_step` per group,
+    with the group's parameter and state lists kept from one step to the next while the same
+    parameters have gradients."""
 
     _unsupported = ""  # a `defaults` key that, when set, leaves every step to torch
 
     def __init__(self, params: Any, **kwargs: Any) -> None:
         super().__init__(params, fused=True, **kwargs)  # type: ignore[call-arg]
         self._stepped = False
+        self._plans: dict[int, tuple[tuple, list[torch.Tensor], list[torch.Tensor], tuple]] = {}
 
     @torch.no_grad()
     def step(self, closure: None = None) -> Any:
         if closure is None and self._stepped and not self.defaults[self._unsupported]:
-            groups = [
-                (group, [p for p in group["params"] if p.grad is not None])
-                for group in self.param_groups
-            ]
-            if all(self._ready(group, params) for group, params in groups):
-                for group, params in groups:
+            groups = self.param_groups  # type: ignore[attr-defined]
+            plans = [self._plan(index, group) for index, group in enumerate(groups)]
+            if all(plan is not None for plan in plans):
+                for group, (params, views, state) in zip(groups, plans, strict=True):  # type: ignore[misc]
                     if params:
-                        self._fused_step(group, params)
+                        grads = [_memory_order(p.grad) for p in params]
+                        self._fused_step(group, views, grads, state)
                 return None
         loss = super().step(closure)  # type: ignore[misc]
         self._stepped = True
+        self._plans.clear()  # torch may have created state
         return loss
+
+    def _plan(self, index: int, group: dict[str, Any]) -> tuple[list[torch.Tensor], tuple] | None:
+        """(the group's parameters that have a gradient, their state lists), or None when a
+        parameter has no state yet."""
+        key = (tuple(p.grad is not None for p in group["params"]), self._plan_key(group))
+        plan = self._plans.get(index)
+        if plan is None or plan[0] != key:
+            params = [p for p, has_grad in zip(group["params"], key[0], strict=True) if has_grad]
+            if not self._ready(group, params):
+                return None
+            state = tuple([_memory_order(t) for t in ts] for ts in self._state_lists(group, params))
+            views = [_memory_order(p) for p in params]
+            plan = self._plans[index] = (key, params, views, state)
+        return plan[1:]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        self._plans.clear()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's, without its per-call profiling and grouping when set_to_none."""
+        if not set_to_none:
+            return super().zero_grad(set_to_none)  # type: ignore[misc]
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for p in group["params"]:
+                p.grad = None
+        return None
+
+    def _plan_key(self, group: dict[str, Any]) -> object:
+        return None
 
     def _ready(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         raise NotImplementedError
 
-    def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    def _state_lists(self, group: dict[str, Any], params: list[torch.Tensor]) -> tuple:
+        raise NotImplementedError
+
+    def _fused_step(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+        state: tuple,
+    ) -> None:  # fmt: skip
         raise NotImplementedError
 
 
@@ -57,16 +102,22 @@ class LeanAdam(_LeanStep, torch.optim.Adam):
     def _ready(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         return all(self.state[p] for p in params)  # every parameter has had a first step
 
-    def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    def _state_lists(self, group: dict[str, Any], params: list[torch.Tensor]) -> tuple:
         states = [self.state[p] for p in params]
-        steps = [state["step"] for state in states]
+        return tuple([state[key] for state in states] for key in ("exp_avg", "exp_avg_sq", "step"))
+
+    def _fused_step(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+        state: tuple,
+    ) -> None:  # fmt: skip
+        exp_avgs, exp_avg_sqs, steps = state
         torch._foreach_add_(steps, 1)
         beta1, beta2 = group["betas"]
         torch._fused_adam_(
             params,
-            [p.grad for p in params],
-            [state["exp_avg"] for state in states],
-            [state["exp_avg_sq"] for state in states],
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
             [],
             steps,
             amsgrad=False,
@@ -84,19 +135,29 @@ class LeanSGD(_LeanStep, torch.optim.SGD):
 
     _unsupported = "nesterov"
 
+    def _plan_key(self, group: dict[str, Any]) -> object:
+        return group["momentum"] != 0
+
     def _ready(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         return group["momentum"] == 0 or all(
             self.state[p].get("momentum_buffer") is not None for p in params
         )
 
-    def _fused_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        momentum = group["momentum"]
+    def _state_lists(self, group: dict[str, Any], params: list[torch.Tensor]) -> tuple:
+        if group["momentum"] == 0:
+            return ([],)
+        return ([self.state[p]["momentum_buffer"] for p in params],)
+
+    def _fused_step(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+        state: tuple,
+    ) -> None:  # fmt: skip
         torch._fused_sgd_(
             params,
-            [p.grad for p in params],
-            [self.state[p]["momentum_buffer"] for p in params] if momentum != 0 else [],
+            grads,
+            state[0],
             weight_decay=group["weight_decay"],
-            momentum=momentum,
+            momentum=group["momentum"],
             lr=group["lr"],
             dampening=group["dampening"],
             nesterov=False,
