@@ -97,6 +97,25 @@ def test_column_major_parameters_get_torchs_updates() -> None:
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("lean", "reference", "kwargs"),
+    [(LeanAdam, _torch_adam, {"lr": 0.01}), (LeanSGD, _torch_sgd, {"lr": 0.05}),
+     (LeanSGD, _torch_sgd, {"lr": 0.05, "momentum": 0.9})],
+)  # fmt: skip
+def test_gradients_set_by_hand_in_another_layout(lean: type, reference: object, kwargs: dict):
+    """A contiguous gradient on a column-major parameter still gets torch's update."""
+    results = []
+    for make in (lean, reference):
+        torch.manual_seed(0)
+        weight = nn.Parameter(torch.randn(30, 8).t())
+        opt = make([weight], **kwargs)
+        for grad in torch.randn(4, 8, 30):
+            weight.grad = grad.clone()  # contiguous, unlike the parameter
+            opt.step()
+        results.append(weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
 def test_loaded_state_and_late_parameters_match_torch() -> None:
     """Kept plans are dropped when the state is replaced or another parameter starts
     getting gradients."""

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 
-def _memory_order(t: torch.Tensor) -> torch.Tensor:
-    """t, or its transpose when t is a column-major matrix: the same elements, which the fused
-    elementwise kernels then walk in memory order (on a column-major tensor they run 3× slower)."""
-    return t.t() if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous() else t
+def _column_major(t: torch.Tensor) -> bool:
+    """Whether t is a matrix stored column-major (digitlab's wide Linear weights): the fused
+    kernels are then handed its transpose, the same elements in memory order (walking a
+    column-major tensor they run 3× slower)."""
+    return t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous()
 
 
 class _LeanStep:
@@ -33,7 +34,7 @@ class _LeanStep:
     def __init__(self, params: Any, **kwargs: Any) -> None:
         super().__init__(params, fused=True, **kwargs)  # type: ignore[call-arg]
         self._stepped = False
-        self._plans: dict[int, tuple[tuple, list[torch.Tensor], list[torch.Tensor], tuple]] = {}
+        self._plans: dict[int, tuple[tuple, list[torch.Tensor], list[bool], list, tuple]] = {}
 
     @torch.no_grad()
     def step(self, closure: None = None) -> Any:
@@ -41,9 +42,12 @@ class _LeanStep:
             groups = self.param_groups  # type: ignore[attr-defined]
             plans = [self._plan(index, group) for index, group in enumerate(groups)]
             if all(plan is not None for plan in plans):
-                for group, (params, views, state) in zip(groups, plans, strict=True):  # type: ignore[misc]
+                for group, (params, flips, views, state) in zip(groups, plans, strict=True):  # type: ignore[misc]
                     if params:
-                        grads = [_memory_order(p.grad) for p in params]
+                        grads = [
+                            p.grad.t() if flip else p.grad  # type: ignore[union-attr]
+                            for p, flip in zip(params, flips, strict=True)
+                        ]
                         self._fused_step(group, views, grads, state)
                 return None
         loss = super().step(closure)  # type: ignore[misc]
@@ -51,8 +55,9 @@ class _LeanStep:
         self._plans.clear()  # torch may have created state
         return loss
 
-    def _plan(self, index: int, group: dict[str, Any]) -> tuple[list[torch.Tensor], tuple] | None:
-        """(the group's parameters that have a gradient, their state lists), or None when a
+    def _plan(self, index: int, group: dict[str, Any]) -> tuple | None:
+        """(the group's parameters that have a gradient, which of them are column-major, the
+        same parameters and their state lists as the fused kernel gets them), or None when a
         parameter has no state yet."""
         key = (tuple(p.grad is not None for p in group["params"]), self._plan_key(group))
         plan = self._plans.get(index)
@@ -60,9 +65,18 @@ class _LeanStep:
             params = [p for p, has_grad in zip(group["params"], key[0], strict=True) if has_grad]
             if not self._ready(group, params):
                 return None
-            state = tuple([_memory_order(t) for t in ts] for ts in self._state_lists(group, params))
-            views = [_memory_order(p) for p in params]
-            plan = self._plans[index] = (key, params, views, state)
+            flips = [_column_major(p) for p in params]
+
+            def in_memory_order(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+                if not tensors:  # SGD without momentum keeps no buffers
+                    return tensors
+                return [
+                    t.t() if flip and t.dim() == 2 else t
+                    for t, flip in zip(tensors, flips, strict=True)
+                ]
+
+            state = tuple(in_memory_order(ts) for ts in self._state_lists(group, params))
+            plan = self._plans[index] = (key, params, flips, in_memory_order(params), state)
         return plan[1:]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
