@@ -82,6 +82,7 @@ def test_gan_step_flops_scale_with_the_batch(prepared: tuple[Path, dict]) -> Non
     assert flops[64] == 2 * flops[32] > 1e9  # lab 5's networks: about 1.9 GFLOP per iteration
 
 
+@pytest.mark.filterwarnings("ignore:the generator looks collapsed")  # 3 steps are too few
 def test_lab5_gan_loop_is_timed_next_to_the_peak(prepared: tuple[Path, dict]) -> None:
     train = load_split(prepared[0], "train")
     cfg = lab5_gan_params(repo_params())
