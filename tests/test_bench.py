@@ -12,6 +12,7 @@ from conftest import repo_params
 from digitlab.bench import (
     ExamplesNet,
     NotebookNet,
+    ProductTimer,
     classifier_epoch_flops,
     classifier_time_to_accuracy,
     counted_flops,
@@ -25,6 +26,7 @@ from digitlab.bench import (
     notebook_gan_params,
     notebook_gan_seconds,
     notebook_networks,
+    product_seconds,
 )
 from digitlab.data import Split, load_split
 from digitlab.models import MLP, n_parameters
@@ -94,6 +96,22 @@ def test_lab5_gan_loop_is_timed_next_to_the_peak(prepared: tuple[Path, dict]) ->
     assert result["steps_per_s"] > 0 and 1 < result["peak_gflops"] < 1e5
     assert result["peak_share"] == pytest.approx(result["gflops"] / result["peak_gflops"])
     assert 0 < result["peak_share"] < 2
+    # The products alone run faster than the whole step, which also does everything else.
+    assert result["peak_share"] < result["products_peak_share"] < 2
+    assert result["products_gflops"] == pytest.approx(
+        result["products_peak_share"] * result["peak_gflops"]
+    )
+
+
+def test_product_timer_counts_only_matrix_products() -> None:
+    a, b = torch.randn(256, 256), torch.randn(256, 256, requires_grad=True)
+    with ProductTimer() as timer:
+        (a * 2 + 1).relu().sum()
+    assert timer.calls == 0 and timer.seconds == 0
+    with ProductTimer() as timer:
+        (a @ b).relu().sum().backward()  # one product forward, one for b's gradient
+    assert timer.calls == 2 and timer.seconds > 0
+    assert 0 < product_seconds(lambda: a @ b, calls=3, repeats=2) < 1
 
 
 def test_matmul_peak_is_measured() -> None:
