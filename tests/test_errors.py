@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -44,10 +45,20 @@ STUCK_CLEANUP = """
 """
 
 
+def default_sigint() -> None:
+    """As a terminal starts a command: SIGINT not ignored, even when the tests run as a
+    background job (which starts with SIGINT ignored, and run_main keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_script(source: str) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(source)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", textwrap.dedent(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=default_sigint,
     )
     return done, time.monotonic() - start
 

@@ -197,6 +197,7 @@ def test_a_stopped_stage_is_failed_in_mlflow_and_leaves_outputs_intact(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
     )
     try:
         run_id = wait_for_running_run(path, "train_gan", since)
