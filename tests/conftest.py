@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ from digitlab.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def default_sigint() -> None:
+    """preexec_fn for a process stopped with Ctrl-C: SIGINT handled as when a terminal starts
+    it, even when the tests run as a background job (which starts with SIGINT ignored, and
+    run_main keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def set_key(raw: dict, key: str, value: object) -> None:

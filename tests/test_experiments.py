@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, copy_repo, pipeline_env
+from conftest import BIN, ROOT, copy_repo, default_sigint, pipeline_env
 from test_pipeline import ALL_STAGES, TINY, changed_stages, dvc, ran_stages, set_param
 
 from digitlab.tracking import KIND_TAG, PIPELINE_TAG
@@ -197,7 +197,7 @@ def test_a_stopped_stage_is_failed_in_mlflow_and_leaves_outputs_intact(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        preexec_fn=default_sigint,
     )
     try:
         run_id = wait_for_running_run(path, "train_gan", since)

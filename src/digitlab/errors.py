@@ -1,9 +1,7 @@
 """The one exception type whose message a user sees as a single line, and how stages end."""
 
-import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -17,37 +15,13 @@ class Terminated(BaseException):
     the MLflow run ends FAILED and half-written temporary files are removed."""
 
 
-CLEANUP_SECONDS = 60.0  # after a stop signal, the most the unwinding may take before exit
-_stop_signal: int | None = None  # the stop signal received, once one has been
-
-
 def _stop(signum: int, frame: FrameType | None) -> None:
-    global _stop_signal
     # Only the first signal interrupts: later ones must not cut short the cleanup it starts.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    _stop_signal = signum
-    watchdog = threading.Timer(CLEANUP_SECONDS, _give_up, (signum,))
-    watchdog.daemon = True
-    watchdog.start()
-    raise_if_stopped()
-
-
-def _give_up(signum: int) -> None:
-    name = signal.Signals(signum).name
-    print(f"digitlab: error: stopped by {name}; the clean-up took over {CLEANUP_SECONDS:.0f} s "
-          "and was cut short", file=sys.stderr, flush=True)  # fmt: skip
-    os._exit(128 + signum)
-
-
-def raise_if_stopped() -> None:
-    """Raise KeyboardInterrupt (SIGINT) or Terminated (SIGTERM) once a stop signal has come.
-    Training loops call it every step: a library that catches the first raise on its way out
-    (a broad `except`) cannot make the stage train on while later signals are ignored."""
-    if _stop_signal == signal.SIGINT:
+    if signum == signal.SIGINT:
         raise KeyboardInterrupt
-    if _stop_signal is not None:
-        raise Terminated(_stop_signal)
+    raise Terminated(signum)
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from digitlab.errors import DigitlabError, raise_if_stopped
+from digitlab.errors import DigitlabError
 from digitlab.models import Dropout, Linear, activation
 from digitlab.optim import make_optimizer
 
@@ -242,7 +242,6 @@ def fit_gan(
 
     def after_g_step(stats: StepStats) -> None:
         nonlocal meter
-        raise_if_stopped()
         check(stats, "generator")
         meter.g_loss.append(stats.loss)
         if ema is not None:

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from digitlab.data import Split
-from digitlab.errors import DigitlabError, raise_if_stopped
+from digitlab.errors import DigitlabError
 from digitlab.optim import make_optimizer
 from digitlab.params import ClassifierParams
 
@@ -112,7 +112,6 @@ def fit_classifier(
         # cost more than the .item() they save (thread wake-ups for each op).
         loss_sum, correct = 0.0, 0
         for step in range(steps_per_epoch):
-            raise_if_stopped()
             idx = order[step * batch : (step + 1) * batch]
             x, y = images.index_select(0, idx), labels.index_select(0, idx)  # 3× faster than [idx]
             logits = model(x)
