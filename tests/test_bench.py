@@ -3,6 +3,7 @@ their models, FLOPs are counted right, time-to-quality stops at the target."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from digitlab.bench import (
     NotebookNet,
     ProductTimer,
     classifier_epoch_flops,
+    classifier_speedup,
     classifier_time_to_accuracy,
     counted_flops,
     dataloader_epoch,
@@ -26,6 +28,8 @@ from digitlab.bench import (
     notebook_gan_params,
     notebook_gan_seconds,
     notebook_networks,
+    plain_epoch,
+    plain_gan_loop,
     product_seconds,
 )
 from digitlab.data import Split, load_split
@@ -43,6 +47,38 @@ def test_dataloader_epoch_trains_the_model(raw_mnist: Path) -> None:
     before = [p.clone() for p in model.parameters()]
     dataloader_epoch(model, raw_mnist, n_images=256, batch_size=64, seed=0)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_plain_epoch_trains_the_model(prepared: tuple[Path, dict]) -> None:
+    train = small(load_split(prepared[0], "train"), 1280)
+    torch.manual_seed(0)
+    model = MLP([32], "relu", 0.0)
+    before = classifier_loss(model(train.images), train.labels, "ce").item()
+    plain_epoch(model, train, batch_size=64, seed=0)
+    assert classifier_loss(model(train.images), train.labels, "ce").item() < 0.9 * before
+
+
+def test_classifier_speedup_times_three_loops(prepared: tuple[Path, dict], raw_mnist: Path) -> None:
+    train, val = load_split(prepared[0], "train"), load_split(prepared[0], "val")
+    cfg = repo_params(**{"classifier.arch": "mlp", "classifier.hidden": [32]}).classifier
+    result = classifier_speedup(cfg, raw_mnist, small(train, 640), small(val, 100), 0, repeats=1)
+    assert min(result["digitlab_s"], result["dataloader_s"], result["plain_s"]) > 0
+    assert result["speedup"] == pytest.approx(result["dataloader_s"] / result["digitlab_s"])
+    assert result["plain_speedup"] == pytest.approx(result["dataloader_s"] / result["plain_s"])
+
+
+def test_plain_gan_loop_also_computes_d_weight_gradients_in_the_g_step(
+    prepared: tuple[Path, dict],
+) -> None:
+    real = load_split(prepared[0], "train").images[:256] * 2 - 1
+    cfg = lab5_gan_params(repo_params())
+    d_losses, g_losses = zip(*(plain_gan_loop(cfg, real, seed=0)(n) for n in (1, 3)), strict=True)
+    assert all(math.isfinite(v) for v in (*d_losses, *g_losses))
+    plain = counted_flops(lambda: plain_gan_loop(cfg, real, seed=0)(1))
+    # Same work as digitlab's iteration, plus the gradients of D's weights in the G step,
+    # which digitlab skips (D is frozen there) and the plain loop computes and throws away.
+    d_weight_grads = 2 * 64 * (784 * 1024 + 1024 * 512 + 512 * 256 + 256 * 1)
+    assert plain == gan_step_flops(cfg, real) + d_weight_grads
 
 
 def test_notebook_gan_loop_runs_the_notebook_networks(raw_mnist: Path) -> None:
@@ -100,6 +136,10 @@ def test_lab5_gan_loop_is_timed_next_to_the_peak(prepared: tuple[Path, dict]) ->
     assert result["peak_share"] < result["products_peak_share"] < 2
     assert result["products_gflops"] == pytest.approx(
         result["products_peak_share"] * result["peak_gflops"]
+    )
+    assert result["plain_steps_per_s"] > 0 and 0 < result["plain_peak_share"] < 2
+    assert result["plain_gflops"] == pytest.approx(
+        result["plain_peak_share"] * result["peak_gflops"]
     )
 
 
