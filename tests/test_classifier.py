@@ -13,7 +13,13 @@ from digitlab.errors import DigitlabError
 from digitlab.metrics import breakdown, classifier_report, detector_metrics, mlflow_metrics
 from digitlab.models import build_classifier, load_classifier, n_parameters, save_checkpoint
 from digitlab.params import ClassifierParams
-from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, predict_logits
+from digitlab.train import (
+    TrainingDiverged,
+    classifier_loss,
+    eval_batch,
+    fit_classifier,
+    predict_logits,
+)
 
 CPU = torch.device("cpu")
 
@@ -154,6 +160,19 @@ def test_labs_literal_setup_whole_set_steps(splits: dict[str, Split]) -> None:
     metrics, _, _ = classifier_report(test.labels, probs, [3])
     assert metrics["detector"]["accuracy"] >= 0.9
     assert metrics["accuracy"] >= 0.85
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_predictions_in_batches_match_one_pass(splits: dict[str, Split], features: bool) -> None:
+    images = splits["val"].images[:600]  # more than two CPU batches, the last one partial
+    assert eval_batch(CPU) < len(images) < 3 * eval_batch(CPU)
+    torch.manual_seed(0)
+    model = build_classifier(classifier_params(arch="cnn").architecture()).train()
+    batched = predict_logits(model, images, CPU, features=features)
+    assert not model.training  # predictions run in eval mode
+    with torch.inference_mode():
+        whole = model.features(images) if features else model(images)
+    assert batched.shape == whole.shape and torch.allclose(batched, whole, atol=1e-5)
 
 
 def test_too_high_learning_rate_stops_with_a_clear_error(splits: dict[str, Split]) -> None:
