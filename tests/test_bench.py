@@ -72,8 +72,8 @@ def test_plain_gan_loop_also_computes_d_weight_gradients_in_the_g_step(
 ) -> None:
     real = load_split(prepared[0], "train").images[:256] * 2 - 1
     cfg = lab5_gan_params(repo_params())
-    d_losses, g_losses = zip(*(plain_gan_loop(cfg, real, seed=0)(n) for n in (1, 3)), strict=True)
-    assert all(math.isfinite(v) for v in (*d_losses, *g_losses))
+    d_loss, g_loss = plain_gan_loop(cfg, real, seed=0)(3)
+    assert math.isfinite(d_loss) and math.isfinite(g_loss)
     plain = counted_flops(lambda: plain_gan_loop(cfg, real, seed=0)(1))
     # Same work as digitlab's iteration, plus the gradients of D's weights in the G step,
     # which digitlab skips (D is frozen there) and the plain loop computes and throws away.

@@ -427,22 +427,24 @@ def plain_gan_loop(
 ) -> Callable[[int], tuple[float, float]]:
     """A plain in-memory GAN loop, as a PyTorch user writes one without a DataLoader, as a
     function of the number of iterations to run: fresh networks as the notebook writes them,
-    batches indexed from `real` (in G's range, in memory), torch noise, D on real then on
+    batches indexed from `real` (in G's range, in memory), torch noise (cfg.latent), D on real then on
     detached fakes, G on the same fakes with D's weight gradients computed too, torch's
     optimizers, both losses read with .item() (the last ones are returned). The reference the
     issue's bars are set against."""
+    from digitlab.gan import sample_latent
+
     torch.manual_seed(seed)
     G, D = notebook_networks(cfg)
     g_opt, d_opt = plain_optimizer(cfg.optimizer_g, G), plain_optimizer(cfg.optimizer_d, D)
     batch = cfg.batch_size
     ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
     order = torch.randperm(len(real)).split(batch)[: len(real) // batch]
+    rng = torch.Generator().manual_seed(seed)
 
     def run(steps: int) -> tuple[float, float]:
         losses = (math.nan, math.nan)
         for i in range(steps):
-            z = torch.randn(batch, cfg.latent_size)
-            fake = G(z if cfg.latent == "normal" else z.uniform_(-1, 1))
+            fake = G(sample_latent(batch, cfg.latent_size, cfg.latent, rng, CPU))
             d_opt.zero_grad()
             real_batch = real[order[i % len(order)]]
             d_loss = F.binary_cross_entropy_with_logits(D(real_batch), ones)
@@ -531,13 +533,14 @@ def gan_speedup(
 
     cfg = cfg.model_copy(update={"schedule": "epochs", "epochs": 3, "ema": 0.0, "snapshots": 1})
     steps = cfg.epochs * (len(real) // cfg.batch_size)
+    in_g_range = real.images * 2 - 1  # the notebook's networks end in tanh
     ours, baseline, plain = compare(
         lambda: fit_gan(cfg, real.images, seed, CPU),
         lambda: notebook_gan_seconds(cfg, raw_dir, digits, steps, seed),
-        lambda: plain_gan_loop(cfg, real.images * 2 - 1, seed)(steps),
+        lambda: plain_gan_loop(cfg, in_g_range, seed)(steps),
         repeats=repeats,
     )
-    flops = gan_step_flops(cfg, real.images * 2 - 1)
+    flops = gan_step_flops(cfg, in_g_range)
     return {"digitlab_steps_per_s": steps / ours, "notebook_steps_per_s": steps / baseline,
             "speedup": baseline / ours, "plain_steps_per_s": steps / plain,
             "plain_speedup": baseline / plain, "gflops": flops * steps / ours / 1e9}  # fmt: skip
@@ -554,15 +557,16 @@ def gan_peak_share(cfg: GANParams, real: Split, seed: int, repeats: int = 6) -> 
     cfg = cfg.model_copy(update={"schedule": "epochs", "epochs": 1, "ema": 0.0, "snapshots": 1})
     steps = len(real) // cfg.batch_size
     product, product_flops = matmul_product()
+    in_g_range = real.images * 2 - 1  # lab 5's G ends in tanh
     ours, plain, peak = compare(
         lambda: fit_gan(cfg, real.images, seed, CPU),
-        lambda: plain_gan_loop(cfg, real.images * 2 - 1, seed)(steps),
+        lambda: plain_gan_loop(cfg, in_g_range, seed)(steps),
         product,
         repeats=repeats,
     )
-    iteration = gan_iteration(cfg, real.images * 2 - 1)
+    iteration = gan_iteration(cfg, in_g_range)
     flops = counted_flops(iteration)
-    plain_flops = counted_flops(lambda: plain_gan_loop(cfg, real.images * 2 - 1, seed)(1))
+    plain_flops = counted_flops(lambda: plain_gan_loop(cfg, in_g_range, seed)(1))
     gflops = flops * steps / ours / 1e9
     peak_gflops = product_flops / peak / 1e9
     plain_gflops = plain_flops * steps / plain / 1e9

@@ -50,8 +50,7 @@ def predict_logits(
     model: nn.Module, images: torch.Tensor, device: torch.device, features: bool = False
 ) -> torch.Tensor:
     """Logits (or penultimate-layer features) for all images, in eval mode, in batches of
-    `eval_batch(device)`;
-    returned on the CPU."""
+    `eval_batch(device)`; returned on the CPU."""
     model.eval()
     fn = model.features if features else model
     size = eval_batch(device)
