@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench lint ui system-deps clean
+.PHONY: setup repro test test-fast bench lint ui system-deps clean
 
 setup: $(STAMP)
 
@@ -28,11 +28,16 @@ repro: setup
 	@if grep -Eq '^\s*dataset:\s*fashion_mnist' params.yaml; then $(MAKE) --no-print-directory system-deps; fi
 	$(BIN)/dvc repro
 
+# Everything (what CI runs); `make test-fast` skips the tests marked slow (end-to-end DVC runs).
 test: setup system-deps
 	$(BIN)/python -m pytest
 
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+# Time to an answer, side by side (after `make repro`): reports/bench.json, README and docs tables.
 bench: setup
-	$(BIN)/python -m digitlab.bench
+	$(BIN)/python -m benchmarks.bench
 
 lint: setup
 	$(BIN)/ruff check .

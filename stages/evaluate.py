@@ -8,12 +8,12 @@ import pandas as pd
 from digitlab.data import CLASS_NAMES, load_split
 from digitlab.errors import run_main
 from digitlab.files import atomic_dir, write_json, write_text
+from digitlab.inference import predict_logits, probabilities
 from digitlab.metrics import classifier_report, mlflow_metrics
 from digitlab.models import load_classifier, pick_device
 from digitlab.params import load_params
 from digitlab.plots import breakdown_bars, confusion_heatmap, labelled_grid
 from digitlab.tracking import stage_run
-from digitlab.train import predict_logits, probabilities
 
 MODEL = Path("models/classifier.pt")
 REPORTS = Path("reports/classifier")
@@ -22,18 +22,16 @@ N_MISTAKES = 32
 
 def main() -> None:
     params = load_params()
-    model, checkpoint = load_classifier(MODEL, expected=params.classifier.architecture())
+    model, architecture, checkpoint = load_classifier(MODEL, params.classifier.architecture())
     test = load_split("data/prepared", "test")
     names = CLASS_NAMES[params.data.dataset]
     logged = {
         "digit": params.digit,
-        "classifier": checkpoint["config"],
+        "classifier": architecture.model_dump(),
         "n_parameters": checkpoint["n_parameters"],
     }
     with stage_run("evaluate", params, logged):
-        probs = probabilities(
-            predict_logits(model, test.images, pick_device()), checkpoint["config"]["loss"]
-        )
+        probs = probabilities(predict_logits(model, test.images, pick_device()), architecture.loss)
         metrics, confusion, table = classifier_report(test.labels, probs, params.digits)
         predicted = probs.argmax(1)
         # score: the probability of the chosen digit (of the predicted one with digit: all)

@@ -7,13 +7,12 @@ import mlflow
 from digitlab.data import CLASS_NAMES, load_split
 from digitlab.errors import DigitlabError, run_main
 from digitlab.files import write_json
-from digitlab.gan import Generator, generate
+from digitlab.inference import generate, predict_logits, probabilities
 from digitlab.metrics import gan_quality
-from digitlab.models import load_checkpoint, load_classifier, pick_device
+from digitlab.models import load_classifier, load_generator, pick_device
 from digitlab.params import load_params
 from digitlab.plots import class_histogram_bars, save_grid
 from digitlab.tracking import stage_run
-from digitlab.train import predict_logits, probabilities
 
 REPORTS = Path("reports/gan")
 
@@ -21,24 +20,20 @@ REPORTS = Path("reports/gan")
 def main() -> None:
     params = load_params()
     cfg = params.gan_eval
-    classifier, clf_checkpoint = load_classifier("models/classifier.pt")
-    checkpoint = load_checkpoint("models/generator.pt", "generator")
+    classifier, architecture, _ = load_classifier("models/classifier.pt")
+    generator, checkpoint = load_generator("models/generator.pt")
     if checkpoint["digit"] != params.digit:
         raise DigitlabError(
             f"models/generator.pt was trained for digit {checkpoint['digit']!r} but params.yaml has "
             f"digit {params.digit!r}: run `dvc repro train_gan`"
         )
-    generator = Generator(checkpoint["config"])
-    generator.load_state_dict(checkpoint["state_dict"])
     digits = params.digits
     test = load_split("data/prepared", "test").of_digits(digits)
     train = load_split("data/prepared", "train").of_digits(digits)
     with stage_run("evaluate_gan", params, {"gan_eval": cfg.model_dump(), "digit": params.digit}):
         device = pick_device()
-        samples = generate(generator, cfg.num_samples, checkpoint["config"], params.seed, device)
-        probs = probabilities(
-            predict_logits(classifier, samples, device), clf_checkpoint["config"]["loss"]
-        )
+        samples = generate(generator, cfg.num_samples, params.seed, device)
+        probs = probabilities(predict_logits(classifier, samples, device), architecture.loss)
         features = {name: predict_logits(classifier, images, device, features=True)
                     for name, images in (("samples", samples), ("test", test.images), ("train", train.images))}  # fmt: skip
         metrics = gan_quality(

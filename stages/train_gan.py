@@ -21,7 +21,7 @@ def main() -> None:
     params = load_params()
     cfg = params.gan
     real = load_split("data/prepared", "train").of_digits(params.digits)
-    logged = {"gan": cfg.model_dump(), "gan.generator.layers": cfg.generator_config()["hidden"],
+    logged = {"gan": cfg.model_dump(), "gan.generator.layers": cfg.generator_config().hidden,
               "digit": params.digit, "seed": params.seed, "n_real_images": len(real)}  # fmt: skip
     with stage_run("train_gan", params, logged):
         device = pick_device()
@@ -47,9 +47,7 @@ def main() -> None:
                 tmp, "generator", cfg.generator_config(), result.generator, ema=cfg.ema, **extra
             )
         with atomic_path("models/discriminator.pt") as tmp:
-            save_checkpoint(
-                tmp, "discriminator", cfg.discriminator.model_dump(), result.discriminator, **extra
-            )
+            save_checkpoint(tmp, "discriminator", cfg.discriminator, result.discriminator, **extra)
         write_text(REPORTS / "history.csv", history.to_csv(index=False))
         gan_curves(history, REPORTS / "losses.png")
         with atomic_dir(REPORTS / "progress") as progress:

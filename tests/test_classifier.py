@@ -6,20 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import repo_params
 
 from digitlab.data import Split, load_split
 from digitlab.errors import DigitlabError
+from digitlab.inference import eval_batch, predict_logits
 from digitlab.metrics import breakdown, classifier_report, detector_metrics, mlflow_metrics
 from digitlab.models import build_classifier, load_classifier, n_parameters, save_checkpoint
 from digitlab.params import ClassifierParams
-from digitlab.train import (
-    TrainingDiverged,
-    classifier_loss,
-    eval_batch,
-    fit_classifier,
-    predict_logits,
-)
+from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier
+from helpers import repo_params
 
 CPU = torch.device("cpu")
 
@@ -193,7 +188,8 @@ def test_checkpoint_round_trip_and_mismatches(tmp_path: Path) -> None:
     model = build_classifier(cfg.architecture())
     path = tmp_path / "classifier.pt"
     save_checkpoint(path, "classifier", cfg.architecture(), model, n_parameters=n_parameters(model))
-    loaded, _checkpoint = load_classifier(path, expected=cfg.architecture())
+    loaded, architecture, _ = load_classifier(path, expected=cfg.architecture())
+    assert architecture == cfg.architecture()
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x))
     other = classifier_params(arch="cnn").architecture()

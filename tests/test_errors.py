@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from conftest import default_sigint
+
+from helpers import default_sigint
 
 STOPPED = """
     import os, signal, sys, time
@@ -26,10 +28,23 @@ STOPPED = """
 """
 
 
-def run_script(source: str, preexec_fn: object = None) -> subprocess.CompletedProcess:
+FAILED = """
+    from digitlab.errors import DigitlabError, run_main
+
+    def main():
+        raise DigitlabError("params.yaml: gan.epochs = 0 is not allowed")
+
+    run_main(main)
+"""
+
+
+def run_script(
+    source: str, preexec_fn: object = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(source)],
         capture_output=True, text=True, timeout=60, preexec_fn=preexec_fn,
+        env={k: v for k, v in os.environ.items() if k != "DVC_STAGE"} | (env or {}),
     )  # fmt: skip
 
 
@@ -49,3 +64,15 @@ def test_a_stage_started_with_sigint_ignored_keeps_ignoring_it() -> None:
     )
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.split() == ["trained", "on", "cleaned", "up"]
+
+
+def test_an_error_is_one_line_and_under_dvc_names_the_restore_command() -> None:
+    alone = run_script(FAILED)
+    assert alone.returncode == 1
+    assert alone.stderr == "digitlab: error: params.yaml: gan.epochs = 0 is not allowed\n"
+    under_dvc = run_script(FAILED, env={"DVC_STAGE": "train_gan"})  # DVC sets it for a stage
+    assert under_dvc.returncode == 1
+    assert under_dvc.stderr == (
+        "digitlab: error: params.yaml: gan.epochs = 0 is not allowed "
+        "(`dvc checkout train_gan` restores its last good outputs)\n"
+    )

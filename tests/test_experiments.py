@@ -17,45 +17,31 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, copy_repo, default_sigint, pipeline_env
-from test_pipeline import ALL_STAGES, TINY, changed_stages, dvc, ran_stages, set_param
 
 from digitlab.tracking import KIND_TAG, PIPELINE_TAG
+from helpers import (
+    ALL_STAGES,
+    BIN,
+    ROOT,
+    TINY,
+    changed_stages,
+    client,
+    copy_repo,
+    default_sigint,
+    dvc,
+    git,
+    outputs_snapshot,
+    pipeline_env,
+    ran_stages,
+    set_param,
+    stage_runs,
+)
 
 # Modules that shape messages and MLflow records, never an output: not stage deps (dvc.yaml).
 NOT_DEPS = {"errors", "tracking"}
-
-
-def git(repo: Path, *args: str) -> str:
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    return subprocess.run(
-        [*git, *args], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def client(repo: Path) -> Any:
-    import mlflow
-
-    return mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-
-
-def stage_runs(repo: Path, query: str = "") -> list:
-    """Stage runs (not pipeline parents) in the repo's store, newest first."""
-    mlflow_client = client(repo)
-    experiment = mlflow_client.get_experiment_by_name("digitlab")
-    kind = f"tags.`{KIND_TAG}` = 'stage'"
-    return list(
-        mlflow_client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"{kind} and {query}" if query else kind,
-            max_results=1000,
-            order_by=["attributes.start_time DESC"],
-        )
-    )
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +127,6 @@ def test_one_param_edit_marks_exactly_the_stages_that_read_it(
 # ---------------------------------------------------------------- stopping a stage
 
 
-def outputs_snapshot(repo: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(repo)): p.read_bytes()
-        for folder in ("models", "reports", "data/prepared")
-        for p in sorted((repo / folder).rglob("*"))
-        if p.is_file()
-    }
-
-
 def temporary_files(repo: Path) -> list[Path]:
     """Leftovers of digitlab.files' atomic writes (.<name>.<random>.tmp / .old) in the repo."""
     return [
@@ -175,13 +152,14 @@ def wait_for_running_run(repo: Path, stage: str, since_ms: int, timeout: float =
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_a_stopped_stage_is_failed_in_mlflow_and_leaves_outputs_intact(
+def test_a_stopped_stage_is_failed_in_mlflow_and_its_outputs_come_back(
     loop: tuple[Path, dict[str, str]], how: str
 ) -> None:
     """Ctrl-C reaches DVC and the stage (the terminal signals the whole process group; DVC
     waits for the stage); SIGTERM reaches the stage alone (`kill`, a job runner). Either way
-    the run ends FAILED, no temporary file is left, the outputs DVC recorded are untouched
-    and DVC records nothing, so the pipeline is still up to date once the edit is undone."""
+    the run ends FAILED, no temporary file is left, DVC records nothing, and the outputs
+    DVC recorded (removed by DVC before the stage ran) come back with the command the error
+    line names, so the pipeline is up to date again once the edit is undone."""
     import psutil
 
     path, env = loop
@@ -220,13 +198,15 @@ def test_a_stopped_stage_is_failed_in_mlflow_and_leaves_outputs_intact(
         (path / "params.yaml").write_text(original)
     name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
     assert proc.returncode != 0
-    assert f"digitlab: error: stopped by {name}" in stderr
+    restore = "(`dvc checkout train_gan` restores its last good outputs)"
+    assert f"digitlab: error: stopped by {name} {restore}" in stderr
     assert "failed to reproduce 'train_gan'" in stderr
     run = client(path).get_run(run_id)
     assert run.info.status == "FAILED" and run.info.end_time is not None
     parent = client(path).get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FAILED"  # the pipeline's last stage failed
     assert temporary_files(path) == []
+    dvc(path, env, "checkout", "train_gan")
     assert outputs_snapshot(path) == before
     assert changed_stages(path, env) == set()
 
@@ -425,7 +405,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def page_text(url: str, tmp: Path) -> str:
     """The text of a page once headless Chromium has run its scripts."""
-    from test_report import chromium
+    from helpers import chromium
 
     result = subprocess.run(
         [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -441,7 +421,7 @@ def page_text(url: str, tmp: Path) -> str:
 def test_make_ui_lists_the_experiment_and_its_runs_in_chromium(
     loop: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
-    from test_report import chromium
+    from helpers import chromium
 
     if chromium() is None:
         pytest.skip("no Chromium found (install Debian's chromium package; .ci/run does)")

@@ -8,25 +8,26 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import repo_params
 
 from digitlab.data import Split, load_split
+from digitlab.errors import DigitlabError
 from digitlab.gan import (
-    Discriminator,
     GANDiverged,
-    Generator,
+    Step,
     collapse_check,
     ema_with_warmup,
     fit_gan,
-    generate,
-    sample_latent,
+    schedule,
     to_generator_range,
+    total_g_steps,
     train_discriminator,
     train_generator,
 )
-from digitlab.models import load_checkpoint, save_checkpoint
+from digitlab.inference import generate, sample_latent
+from digitlab.models import Discriminator, Generator, load_generator, save_checkpoint
 from digitlab.optim import make_optimizer
 from digitlab.params import GANParams
+from helpers import repo_params
 
 CPU = torch.device("cpu")
 TINY = {"epochs": 1, "rounds": 3, "d_steps": 2, "g_steps": 2, "snapshots": 2, "batch_size": 32,
@@ -47,7 +48,7 @@ def threes(prepared: tuple[Path, dict]) -> Split:
 
 def networks(cfg: GANParams) -> tuple[Generator, Discriminator]:
     torch.manual_seed(0)
-    return Generator(cfg.generator_config()), Discriminator(cfg.discriminator.model_dump())
+    return Generator(cfg.generator_config()), Discriminator(cfg.discriminator)
 
 
 def d_loss(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -67,7 +68,7 @@ def test_generator_mirrors_the_discriminator_and_has_the_right_shapes() -> None:
     assert images.shape == (8, 1, 28, 28)
     assert images.min() >= -1 and images.max() <= 1
     assert D(images).shape == (8,)
-    sigmoid = Generator({**cfg.generator_config(), "output": "sigmoid"})
+    sigmoid = Generator(cfg.generator_config().model_copy(update={"output": "sigmoid"}))
     out = sigmoid(z)
     assert out.min() >= 0 and out.max() <= 1
     uniform = sample_latent(1000, 100, "uniform", torch.Generator().manual_seed(0), CPU)
@@ -80,7 +81,7 @@ def test_one_d_step_lowers_d_loss_on_a_fixed_batch(threes: Split) -> None:
     real = to_generator_range(threes.images[:64], "tanh")
     fake = G(sample_latent(64, 100, "normal", torch.Generator().manual_seed(1), CPU)).detach()
     before = d_loss(D, real, fake)
-    stats = train_discriminator(D, make_optimizer(cfg.optimizer_d, D), real, fake)
+    stats = train_discriminator(D, make_optimizer(cfg.optimizer_d, D.parameters()), real, fake)
     assert stats.loss == pytest.approx(before, rel=1e-5)
     assert d_loss(D, real, fake) < before
     assert 0 < stats.d_real < 1 and 0 < stats.d_fake < 1
@@ -93,7 +94,7 @@ def test_one_g_step_raises_d_of_g_z(threes: Split) -> None:
     with torch.no_grad():
         before = torch.sigmoid(D(G(z))).mean().item()
     d_params = [p.clone() for p in D.parameters()]
-    train_generator(D, make_optimizer(cfg.optimizer_g, G), G(z))
+    train_generator(D, make_optimizer(cfg.optimizer_g, G.parameters()), G(z))
     with torch.no_grad():
         after = torch.sigmoid(D(G(z))).mean().item()
     assert after > before
@@ -123,20 +124,33 @@ def test_all_digits_and_sigmoid_output(prepared: tuple[Path, dict]) -> None:
     assert len(every) == 55_000
     cfg = gan_params(**{"generator__output": "sigmoid", "latent": "uniform", "ema": 0.0})
     result = fit_gan(cfg, every.images[:320], seed=0, device=CPU)
-    images = generate(result.generator, 50, cfg.generator_config(), seed=0, device=CPU)
+    images = generate(result.generator, 50, seed=0, device=CPU)
     assert images.shape == (50, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
 
 
 def test_ema_warms_up_then_averages() -> None:
-    update = ema_with_warmup(0.999)
-    averaged, current = [torch.zeros(3)], [torch.ones(3)]
-    update(averaged, current, torch.tensor(0))  # decay min(0.999, 1/10) = 0.1
-    assert torch.allclose(averaged[0], torch.full((3,), 0.9))
-    update(averaged, current, torch.tensor(100_000))  # decay 0.999
-    assert torch.allclose(averaged[0], torch.full((3,), 0.9 + 0.1 * 0.001))
-    counters = [torch.tensor(3)]
-    update(counters, [torch.tensor(7)], torch.tensor(5))
-    assert counters[0].item() == 7
+    average = ema_with_warmup(0.999)
+    current = torch.ones(3)
+    averaged = average(torch.zeros(3), current, torch.tensor(0))  # decay min(0.999, 1/10)
+    assert torch.allclose(averaged, torch.full((3,), 0.9))
+    averaged = average(averaged, current, torch.tensor(100_000))  # decay 0.999
+    assert torch.allclose(averaged, torch.full((3,), 0.9 + 0.1 * 0.001))
+    assert average(torch.tensor(3), torch.tensor(7), torch.tensor(5)).item() == 7
+
+
+def test_schedules_yield_the_labs_steps() -> None:
+    rng = torch.Generator().manual_seed(0)
+    epochs = list(schedule(gan_params(epochs=2, batch_size=32), 100, rng))
+    assert [s.train_g for s in epochs] == [True] * 6  # 100 // 32 batches a pass, 2 passes
+    first_pass = torch.cat([s.real for s in epochs[:3]])
+    assert len(first_pass.unique()) == 96  # a shuffled pass: no image twice
+    rounds = list(schedule(gan_params(rounds=2, d_steps=3, g_steps=2), 100, rng))
+    kinds = ["D" if s.real is not None else "G" for s in rounds]
+    assert kinds == ["D", "D", "D", "G", "G"] * 2
+    assert all(s.train_g == (s.real is None) for s in rounds)
+    assert isinstance(rounds[0], Step) and rounds[0].real.shape == (32,)
+    assert total_g_steps(gan_params(epochs=2, batch_size=32), 100) == 6
+    assert total_g_steps(gan_params(schedule="rounds", rounds=2, g_steps=2), 100) == 4
 
 
 def test_collapse_is_reported_not_hidden(threes: Split) -> None:
@@ -165,9 +179,26 @@ def test_checkpoints_rebuild_with_weights_only(tmp_path: Path, threes: Split) ->
     result = fit_gan(cfg, threes.images[:320], seed=0, device=CPU)
     path = tmp_path / "generator.pt"
     save_checkpoint(path, "generator", cfg.generator_config(), result.generator, digit=3)
-    checkpoint = load_checkpoint(path, "generator")
-    rebuilt = Generator(checkpoint["config"])
-    rebuilt.load_state_dict(checkpoint["state_dict"])
-    a = generate(rebuilt, 10, checkpoint["config"], seed=1, device=CPU)
-    b = generate(result.generator, 10, cfg.generator_config(), seed=1, device=CPU)
+    rebuilt, checkpoint = load_generator(path)
+    assert rebuilt.config == cfg.generator_config() and checkpoint["digit"] == 3
+    a = generate(rebuilt, 10, seed=1, device=CPU)
+    b = generate(result.generator, 10, seed=1, device=CPU)
     assert torch.equal(a, b)
+
+
+def test_a_generator_checkpoint_that_does_not_fit_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    cfg = gan_params()
+    G, _ = networks(cfg)
+    path = tmp_path / "generator.pt"
+    save_checkpoint(path, "generator", cfg.generator_config(), G)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["hidden"] = [8]
+    torch.save(checkpoint, path)
+    with pytest.raises(DigitlabError, match=r"generator.pt: weights do not fit the saved settings"):
+        load_generator(path)
+    del checkpoint["config"]
+    torch.save(checkpoint, path)
+    with pytest.raises(DigitlabError, match=r"generator.pt: its saved settings are missing"):
+        load_generator(path)

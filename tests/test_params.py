@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import set_key
 
 from digitlab.params import ParamsError, load_params, parse_params
+from helpers import set_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,74 +5,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import copy_repo, pipeline_env, set_key
 
 from digitlab.data import load_split
+from helpers import (
+    ALL_STAGES,
+    TINY,
+    changed_stages,
+    copy_repo,
+    dvc,
+    mlflow_runs,
+    pipeline_env,
+    ran_stages,
+    set_param,
+)
 
-
-def dvc(
-    repo: Path, env: dict[str, str], *args: str, check: bool = True
-) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def set_param(repo: Path, key: str, value: object) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    set_key(raw, key, value)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-
-
-def changed_stages(repo: Path, env: dict[str, str]) -> set[str]:
-    status = json.loads(dvc(repo, env, "status", "--json").stdout)
-    return set(status)
-
-
-def mlflow_runs(repo: Path) -> list:
-    import mlflow
-
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("digitlab")
-    return list(
-        client.search_runs(
-            [experiment.experiment_id], max_results=1000, order_by=["attributes.start_time DESC"]
-        )
-    )
-
-
-TINY = {
-    "classifier.arch": "mlp",
-    "classifier.hidden": [32],
-    "classifier.epochs": 1,
-    "classifier.batch_size": 256,
-    "gan.epochs": 1,
-    "gan.discriminator.hidden": [64, 32],
-    "gan.snapshots": 2,
-    "gan_eval.num_samples": 500,
-}
-ALL_STAGES = {
-    "fetch",
-    "prepare",
-    "train_classifier",
-    "evaluate",
-    "train_gan",
-    "evaluate_gan",
-    "report",
-}
 DIGIT_STAGES = {"evaluate", "train_gan", "evaluate_gan", "report"}
 
 
@@ -159,7 +111,8 @@ def test_bad_dataset_fails_in_one_line_and_keeps_data(repo: tuple[Path, dict[str
         errors = [ln for ln in result.stderr.splitlines() if ln.startswith("digitlab: error")]
         assert errors == [
             "digitlab: error: params.yaml: data.dataset = 'cifar100' is not allowed: "
-            "Input should be 'mnist' or 'fashion_mnist'"
+            "Input should be 'mnist' or 'fashion_mnist' "
+            "(`dvc checkout fetch` restores its last good outputs)"
         ]
     finally:
         set_param(path, "data.dataset", "mnist")
@@ -228,6 +181,7 @@ def test_classifier_runs_in_mlflow(repo: tuple[Path, dict[str, str]]) -> None:
 def test_digit_change_reevaluates_without_retraining(repo: tuple[Path, dict[str, str]]) -> None:
     path, env = repo
     model = (path / "models/classifier.pt").read_bytes()
+    generator = (path / "models/generator.pt").read_bytes()
     set_param(path, "digit", 7)
     try:
         assert changed_stages(path, env) == DIGIT_STAGES  # report prints every param
@@ -243,8 +197,16 @@ def test_digit_change_reevaluates_without_retraining(repo: tuple[Path, dict[str,
         assert len(__import__("pandas").read_csv(path / "reports/classifier/breakdown.csv")) == 90
     finally:
         set_param(path, "digit", 3)
-        dvc(path, env, "repro")
+        start = time.perf_counter()
+        back = dvc(path, env, "repro")
+        seconds = time.perf_counter() - start
+    # Back at digit 3: every stage comes back from DVC's run-cache, nothing trains.
+    assert ran_stages(back.stdout) == set(), back.stdout
+    assert "Stage 'train_gan' is cached - skipping run, checking out outputs" in back.stdout
+    assert seconds < 15, f"going back took {seconds:.1f} s"
     assert (path / "models/classifier.pt").read_bytes() == model
+    assert (path / "models/generator.pt").read_bytes() == generator
+    assert not changed_stages(path, env)
 
 
 def test_same_params_and_seed_give_identical_metrics(repo: tuple[Path, dict[str, str]]) -> None:
@@ -256,7 +218,7 @@ def test_same_params_and_seed_give_identical_metrics(repo: tuple[Path, dict[str,
     dvc(path, env, "repro")  # torch.save writes a fresh serialization id: downstream reruns
 
 
-def test_diverging_training_fails_cleanly_and_keeps_the_model(
+def test_diverging_training_fails_cleanly_and_its_model_comes_back(
     repo: tuple[Path, dict[str, str]],
 ) -> None:
     path, env = repo
@@ -269,6 +231,12 @@ def test_diverging_training_fails_cleanly_and_keeps_the_model(
         assert result.returncode != 0
         errors = [ln for ln in result.stderr.splitlines() if ln.startswith("digitlab: error")]
         assert len(errors) == 1 and "classifier.optimizer.lr=10.0" in errors[0]
+        # DVC removed the stage's outputs before running it; the line says how to get them back.
+        assert errors[0].endswith(
+            "(`dvc checkout train_classifier` restores its last good outputs)"
+        )
+        assert not (path / "models/classifier.pt").exists()
+        dvc(path, env, "checkout", "train_classifier")
         assert (path / "models/classifier.pt").read_bytes() == model
         failed = [r for r in mlflow_runs(path) if r.info.run_name == "train_classifier"]
         assert failed[0].info.status == "FAILED"  # newest first
@@ -336,7 +304,7 @@ def test_evaluate_gan_metrics_and_gan_eval_change(repo: tuple[Path, dict[str, st
 def test_report_is_self_contained_and_renders_in_chromium(
     repo: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
-    from test_report import chromium, render
+    from helpers import chromium, render
 
     path, _ = repo
     page = (path / "reports/index.html").read_text()

@@ -1,5 +1,6 @@
 """The one exception type whose message a user sees as a single line, and how stages end."""
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -24,6 +25,13 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
+def restore_hint() -> str:
+    """Under DVC (which removed the stage's outputs before running it), how to get the last
+    good outputs back from DVC's cache; nothing when the stage runs on its own."""
+    stage = os.environ.get("DVC_STAGE")
+    return f" (`dvc checkout {stage}` restores its last good outputs)" if stage else ""
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's main(); a DigitlabError becomes one line on stderr and exit status 1.
 
@@ -37,9 +45,9 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except DigitlabError as exc:
-        print(f"digitlab: error: {exc}", file=sys.stderr)
+        print(f"digitlab: error: {exc}{restore_hint()}", file=sys.stderr)
         raise SystemExit(1) from None
     except (KeyboardInterrupt, Terminated) as exc:
         signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-        print(f"digitlab: error: stopped by {signum.name}", file=sys.stderr)
+        print(f"digitlab: error: stopped by {signum.name}{restore_hint()}", file=sys.stderr)
         raise SystemExit(128 + signum) from None

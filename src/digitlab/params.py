@@ -37,32 +37,39 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class OptimizerParams(_Section):
+    """One optimizer setting, the same for the classifier and both GAN networks."""
+
     name: Literal["adam", "sgd"]
     lr: float = Field(gt=0, le=10)
-    momentum: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=2, max_length=2)  # adam
+    momentum: float = Field(ge=0, lt=1)  # sgd
+    weight_decay: float = Field(ge=0, allow_inf_nan=False)
 
 
 Activation = Literal["leaky_relu", "relu", "sigmoid", "tanh"]
 Hidden = list[Annotated[int, Field(ge=1, le=65_536)]]
 
 
-class ClassifierParams(_Section):
+class ClassifierArchitecture(_Section):
+    """The keys that shape a classifier: what its checkpoint saves and must match."""
+
     arch: Literal["mlp", "cnn", "lenet5"]
     hidden: Hidden = Field(min_length=1)
     activation: Activation
     dropout: float = Field(ge=0, lt=1)
     channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(min_length=3, max_length=3)
     loss: Literal["bce", "ce", "mse"]
+
+
+class ClassifierParams(ClassifierArchitecture):
     optimizer: OptimizerParams
     scheduler: Literal["none", "onecycle"]
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=0)
 
-    def architecture(self) -> dict[str, Any]:
-        """The keys that shape the saved model (what a checkpoint must match)."""
-        return self.model_dump(
-            include={"arch", "hidden", "activation", "dropout", "channels", "loss"}
+    def architecture(self) -> ClassifierArchitecture:
+        return ClassifierArchitecture.model_validate(
+            self.model_dump(include=set(ClassifierArchitecture.model_fields))
         )
 
 
@@ -76,13 +83,6 @@ def _check_generator_hidden(value: Any) -> Any:
     )
 
 
-class GANOptimizerParams(_Section):
-    name: Literal["adam", "sgd"]
-    lr: float = Field(gt=0, le=1)
-    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=2, max_length=2)
-    momentum: float = Field(ge=0, lt=1)
-
-
 class DiscriminatorParams(_Section):
     hidden: Hidden = Field(min_length=1)
     activation: Activation
@@ -91,6 +91,18 @@ class DiscriminatorParams(_Section):
 
 class GeneratorParams(_Section):
     hidden: Annotated[Literal["mirror"] | list[int], BeforeValidator(_check_generator_hidden)]
+    activation: Activation
+    dropout: float = Field(ge=0, lt=1)
+    batchnorm: bool
+    output: Literal["tanh", "sigmoid"]
+
+
+class GeneratorConfig(_Section):
+    """Everything that rebuilds a generator and samples from it (saved in its checkpoint)."""
+
+    latent_size: int = Field(ge=1, le=4096)
+    latent: Literal["normal", "uniform"]
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
     activation: Activation
     dropout: float = Field(ge=0, lt=1)
     batchnorm: bool
@@ -110,18 +122,17 @@ class GANParams(_Section):
     snapshots: int = Field(ge=1, le=100)
     discriminator: DiscriminatorParams
     generator: GeneratorParams
-    optimizer_d: GANOptimizerParams
-    optimizer_g: GANOptimizerParams
+    optimizer_d: OptimizerParams
+    optimizer_g: OptimizerParams
 
-    def generator_config(self) -> dict[str, Any]:
-        """Everything that rebuilds the generator and samples from it."""
+    def generator_config(self) -> GeneratorConfig:
         g = self.generator
         hidden = (
             list(reversed(self.discriminator.hidden)) if g.hidden == "mirror" else list(g.hidden)
         )
-        return {"latent_size": self.latent_size, "latent": self.latent, "hidden": hidden,
-                "activation": g.activation, "dropout": g.dropout, "batchnorm": g.batchnorm,
-                "output": g.output}  # fmt: skip
+        return GeneratorConfig(latent_size=self.latent_size, latent=self.latent, hidden=hidden,
+                               activation=g.activation, dropout=g.dropout, batchnorm=g.batchnorm,
+                               output=g.output)  # fmt: skip
 
 
 class GANEvalParams(_Section):

@@ -1,0 +1,71 @@
+"""Using trained models: batched predictions and features of the classifier, samples of the
+generator. No training code here, so evaluation stages do not rerun when training changes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from digitlab.models import Generator
+
+
+def eval_batch(device: torch.device) -> int:
+    """Images per forward pass when predicting: on the CPU a small batch keeps a conv layer's
+    activations in cache (see docs/performance.md); a GPU wants larger batches."""
+    return 256 if device.type == "cpu" else 2048
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, device: torch.device, features: bool = False
+) -> torch.Tensor:
+    """Logits (or penultimate-layer features) for all images, in eval mode, in batches of
+    `eval_batch(device)`; returned on the CPU."""
+    model.eval()
+    fn = model.features if features else model
+    size = eval_batch(device)
+    out = [fn(images[i : i + size].to(device)).cpu() for i in range(0, len(images), size)]
+    return torch.cat(out)
+
+
+def probabilities(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-digit probabilities: softmax for ce, each detector's sigmoid for bce and mse."""
+    return logits.softmax(dim=1) if loss == "ce" else torch.sigmoid(logits)
+
+
+def sample_latent(
+    n: int, size: int, kind: str, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """n latent vectors: standard normal, or uniform in [-1, 1]."""
+    if kind == "normal":
+        return torch.randn(n, size, generator=generator).to(device)
+    return (torch.rand(n, size, generator=generator) * 2 - 1).to(device)
+
+
+def to_unit_range(images: torch.Tensor, output: str) -> torch.Tensor:
+    """Generator output → [0, 1] images."""
+    return (images + 1) / 2 if output == "tanh" else images
+
+
+@torch.inference_mode()
+def sample_images(G: Generator, z: torch.Tensor) -> torch.Tensor:
+    """Generator samples for latent batch z, in eval mode, as [0, 1] images on the CPU."""
+    was_training = G.training
+    G.eval()
+    images = to_unit_range(G(z), G.config.output).clamp(0, 1).cpu()
+    G.train(was_training)
+    return images
+
+
+def generate(
+    G: Generator, n: int, seed: int, device: torch.device, batch: int = 2000
+) -> torch.Tensor:
+    """n fresh samples ([0, 1], N×1×28×28) from a seeded latent draw."""
+    rng = torch.Generator().manual_seed(seed)
+    G = G.to(device)
+    latent = G.config.latent_size, G.config.latent
+    chunks = [
+        sample_images(G, sample_latent(min(batch, n - i), *latent, rng, device))
+        for i in range(0, n, batch)
+    ]
+    return torch.cat(chunks)
