@@ -25,6 +25,8 @@ from helpers import (
     set_param,
 )
 
+pytestmark = pytest.mark.slow  # a copy of the repo where `dvc repro` really runs
+
 DIGIT_STAGES = {"evaluate", "train_gan", "evaluate_gan", "report"}
 
 
