@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from benchmarks.render import render
+from benchmarks.render import write_tables
 from digitlab.data import Split, load_split
 from digitlab.files import write_json
 from digitlab.gan import fit_gan
@@ -271,7 +271,7 @@ def main() -> None:
         revisit = (key, yaml.safe_load(value))
     results = run(params, Path("data/prepared"), raw_dir, revisit)
     write_json(args.out, results)
-    print(render(results))
+    print(write_tables(results))
     print(f"figures: {args.out}")
 
 

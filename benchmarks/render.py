@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+PAGES = (Path("README.md"), Path("docs/performance.md"))
 
 
 def _seconds(value: float | None) -> str:
@@ -32,7 +33,7 @@ def render(results: dict[str, Any]) -> str:
         what = f"`{revisit['key']}` set to {revisit['value']!r} and back"
         ran = ", ".join(revisit["back_ran"]) or "no stage"
         rows.append((f"`dvc repro` after {what} (ran {ran})", _seconds(revisit["back_s"]),
-                     f"{_seconds(revisit['away_s'])} there", ""))  # fmt: skip
+                     f"{_seconds(revisit['away_s'])} going there", ""))  # fmt: skip
     if results.get("noop_repro_s") is not None:
         rows.append(("`dvc repro` with nothing to do", _seconds(results["noop_repro_s"]), "", ""))
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
@@ -49,12 +50,16 @@ def update(path: Path, table: str) -> None:
     path.write_text(new)
 
 
-def main() -> None:
-    results = json.loads(Path("reports/bench.json").read_text())
+def write_tables(results: dict[str, Any]) -> str:
+    """Put the table of `results` into README.md and docs/performance.md; returns it."""
     table = render(results)
-    for path in (Path("README.md"), Path("docs/performance.md")):
+    for path in PAGES:
         update(path, table)
-    print(table)
+    return table
+
+
+def main() -> None:
+    print(write_tables(json.loads(Path("reports/bench.json").read_text())))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_tables_are_written_between_the_markers(tmp_path: Path) -> None:
         "| seconds to 99.0% test accuracy (reference: pytorch/examples' recipe) | 40.0 s | 200.0 s | 0.20 |"
         in table
     )
-    assert "`digit` set to 7 and back (ran no stage) | 4.5 s | 150.0 s there" in table
+    assert "`digit` set to 7 and back (ran no stage) | 4.5 s | 150.0 s going there" in table
     page = tmp_path / "page.md"
     page.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
     update(page, table)

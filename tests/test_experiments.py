@@ -272,16 +272,16 @@ def test_queued_sweep_with_two_workers_lands_every_run_in_mlflow(
     import mlflow
 
     path, env = loop
-    out = dvc(path, env, "exp", "run", "--queue", "-S", "digit=5,7", "-S", "gan.batch_size=128,256")
+    out = dvc(path, env, "exp", "run", "--queue", "-S", "digit=5,7", "-S", "gan.batch_size=128")
     names = re.findall(r"Queued experiment '([^']+)'", out.stdout)
-    assert len(names) == 4
+    assert len(names) == 2
     start = time.perf_counter()
     dvc(path, env, "queue", "start", "-j", "2")
     deadline = time.monotonic() + 900
     while (status := queue_status(path, env)) and {"Queued", "Running"} & set(status.values()):
         assert time.monotonic() < deadline, status
         time.sleep(3)
-    print(f"\nqueued sweep of 4 experiments, 2 workers: {time.perf_counter() - start:.0f} s")
+    print(f"\nqueued sweep of 2 experiments, 2 workers: {time.perf_counter() - start:.0f} s")
     assert {name: status.get(name) for name in names} == dict.fromkeys(names, "Success")
 
     shown = json.loads(dvc(path, env, "exp", "show", "--json").stdout)
@@ -293,7 +293,7 @@ def test_queued_sweep_with_two_workers_lands_every_run_in_mlflow(
     assert set(experiments) == set(names)
     sweep = {(d["params"]["params.yaml"]["data"]["digit"],
               d["params"]["params.yaml"]["data"]["gan"]["batch_size"]) for d in experiments.values()}  # fmt: skip
-    assert sweep == {(5, 128), (5, 256), (7, 128), (7, 256)}
+    assert sweep == {(5, 128), (7, 128)}
 
     baseline = git(path, "rev-parse", "HEAD").strip()
     metric_keys: dict[str, set[frozenset[str]]] = {}
