@@ -29,8 +29,9 @@ repro: setup
 	$(BIN)/dvc repro
 
 # Everything (what CI runs); `make test-fast` skips the tests marked slow (end-to-end DVC runs).
+# Two test processes, each taking whole test files (module fixtures stay in one process).
 test: setup system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

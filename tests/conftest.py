@@ -1,14 +1,25 @@
-"""Shared fixtures: real MNIST fetched and prepared once per test session (helpers.py holds
-the shared functions)."""
+"""Shared fixtures: real MNIST fetched and prepared, and a tiny pipeline reproduced, once per
+test session (helpers.py holds the shared functions)."""
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import pytest
 
 from digitlab.data import Source, _copy_from_dir, fetch_raw, prepare, sources_for
-from helpers import ROOT
+from helpers import (
+    ALL_STAGES,
+    ROOT,
+    TINY,
+    copy_repo,
+    dvc,
+    git,
+    pipeline_env,
+    ran_stages,
+    set_param,
+)
 
 
 def _repo_raw(dataset: str, staging: Path) -> None:
@@ -30,3 +41,36 @@ def prepared(raw_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     summary = prepare(raw_mnist, out, "mnist", val_size=5000, seed=0)
     return out, summary
+
+
+def _reproduce_tiny(repo: Path, env: dict[str, str]) -> None:
+    copy_repo(repo)
+    for key, value in TINY.items():
+        set_param(repo, key, value)
+    assert ran_stages(dvc(repo, env, "repro").stdout) == ALL_STAGES
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tiny baseline")
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(
+    raw_mnist: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> tuple[Path, dict[str, str]]:
+    """A copy of the repo with TINY params where `dvc repro` has run once (every stage), then
+    committed. Nobody changes it: the end-to-end modules each work in a clone of it
+    (helpers.clone_repo). Under pytest-xdist the first worker to need it builds it, in the
+    folder the workers share, and the other waits for it."""
+    env = pipeline_env(raw_mnist)
+    if worker_id == "master":  # one process
+        repo = tmp_path_factory.mktemp("baseline")
+        _reproduce_tiny(repo, env)
+        return repo, env
+    shared = tmp_path_factory.getbasetemp().parent
+    repo, done = shared / "baseline", shared / "baseline.done"
+    with open(shared / "baseline.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            repo.mkdir(exist_ok=True)
+            _reproduce_tiny(repo, env)
+            done.touch()
+    return repo, env

@@ -9,8 +9,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,13 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def clone_repo(baseline: Path, dest: Path) -> Path:
+    """A full copy of a reproduced repo: Git history, DVC cache, outputs and MLflow store (whose
+    runs keep their artifacts in the baseline's mlartifacts/)."""
+    shutil.copytree(baseline, dest, symlinks=True, dirs_exist_ok=True)
+    return dest
+
+
 def dvc(
     repo: Path, env: dict[str, str], *args: str, check: bool = True, timeout: float = DVC_TIMEOUT
 ) -> subprocess.CompletedProcess:
@@ -169,6 +179,52 @@ def outputs_snapshot(repo: Path) -> dict[str, bytes]:
         for p in sorted((repo / folder).rglob("*"))
         if p.is_file()
     }
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 120) -> None:
+    """Wait until an `mlflow server` answers /health, failing with its log if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"no answer on port {port} after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a server started in its own session, with its workers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def mlflow_server(port: int, folder: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A real `mlflow server` on a SQLite store in `folder`, in its own session (stop())."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+             "--artifacts-destination", str(folder / "server-artifacts")],
+            cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------- headless Chromium
