@@ -1,5 +1,9 @@
 """DVC stage `evaluate`: test-set metrics for the chosen digit, the confusion breakdown, figures."""
 
+from digitlab.params import stage_params
+
+PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
+
 from pathlib import Path
 
 import mlflow
@@ -10,8 +14,7 @@ from digitlab.errors import run_main
 from digitlab.files import atomic_dir, write_json, write_text
 from digitlab.inference import predict_logits, probabilities
 from digitlab.metrics import classifier_report, mlflow_metrics
-from digitlab.models import load_classifier, pick_device
-from digitlab.params import load_params
+from digitlab.models import check_dataset, load_classifier, pick_device
 from digitlab.plots import breakdown_bars, confusion_heatmap, labelled_grid
 from digitlab.tracking import stage_run
 
@@ -21,8 +24,9 @@ N_MISTAKES = 32
 
 
 def main() -> None:
-    params = load_params()
+    params = PARAMS
     model, architecture, checkpoint = load_classifier(MODEL, params.classifier.architecture())
+    check_dataset(MODEL, checkpoint, params.data.dataset)
     test = load_split("data/prepared", "test")
     names = CLASS_NAMES[params.data.dataset]
     logged = {

@@ -1,5 +1,9 @@
 """DVC stage `evaluate_gan`: judge generated images with the trained classifier."""
 
+from digitlab.params import stage_params
+
+PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
+
 from pathlib import Path
 
 import mlflow
@@ -9,8 +13,7 @@ from digitlab.errors import DigitlabError, run_main
 from digitlab.files import write_json
 from digitlab.inference import generate, predict_logits, probabilities
 from digitlab.metrics import gan_quality
-from digitlab.models import load_classifier, load_generator, pick_device
-from digitlab.params import load_params
+from digitlab.models import check_dataset, load_classifier, load_generator, pick_device
 from digitlab.plots import class_histogram_bars, save_grid
 from digitlab.tracking import stage_run
 
@@ -18,10 +21,14 @@ REPORTS = Path("reports/gan")
 
 
 def main() -> None:
-    params = load_params()
+    params = PARAMS
     cfg = params.gan_eval
-    classifier, architecture, _ = load_classifier("models/classifier.pt")
+    classifier, architecture, judge = load_classifier(
+        "models/classifier.pt", params.classifier.architecture()
+    )
     generator, checkpoint = load_generator("models/generator.pt")
+    check_dataset("models/classifier.pt", judge, params.data.dataset)
+    check_dataset("models/generator.pt", checkpoint, params.data.dataset)
     if checkpoint["digit"] != params.digit:
         raise DigitlabError(
             f"models/generator.pt was trained for digit {checkpoint['digit']!r} but params.yaml has "

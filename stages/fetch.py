@@ -1,17 +1,20 @@
 """DVC stage `fetch`: the four raw IDX files of `data.dataset`, sha256-verified, in data/raw/<dataset>/."""
 
+from digitlab.params import stage_params
+
+PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
+
 from pathlib import Path
 
 import mlflow
 
 from digitlab.data import SHA256, fetch_raw
 from digitlab.errors import run_main
-from digitlab.params import load_params
 from digitlab.tracking import stage_run
 
 
 def main() -> None:
-    params = load_params()
+    params = PARAMS
     dataset = params.data.dataset
     with stage_run("fetch", params, {"data.dataset": dataset}):
         source = fetch_raw(dataset, Path("data/raw") / dataset)

@@ -1,5 +1,9 @@
 """DVC stage `prepare`: normalized train / val / test tensors, the data summary, an example grid."""
 
+from digitlab.params import stage_params
+
+PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
+
 from pathlib import Path
 
 import mlflow
@@ -7,7 +11,6 @@ import mlflow
 from digitlab.data import load_split, prepare
 from digitlab.errors import run_main
 from digitlab.files import write_json
-from digitlab.params import load_params
 from digitlab.plots import class_rows, save_grid
 from digitlab.tracking import flatten, stage_run
 
@@ -16,7 +19,7 @@ REPORTS = Path("reports/data")
 
 
 def main() -> None:
-    params = load_params()
+    params = PARAMS
     data = params.data
     with stage_run("prepare", params, {"data": data.model_dump(), "seed": params.seed}):
         summary = prepare(

@@ -1,12 +1,15 @@
 """DVC stage `report`: reports/index.html, one self-contained page of the pipeline's results."""
 
+from digitlab.params import stage_params
+
+PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
+
 from pathlib import Path
 
 import mlflow
 
 from digitlab.errors import run_main
 from digitlab.files import atomic_path, write_text
-from digitlab.params import load_params
 from digitlab.report import build_report, latest_stage_runs, progress_gif
 from digitlab.tracking import PIPELINE_TAG, experiment_name, stage_run
 
@@ -14,7 +17,7 @@ GIF = Path("reports/gan/progress.gif")
 
 
 def main() -> None:
-    params = load_params()
+    params = PARAMS
     with stage_run("report", params, {}) as run:
         frames = sorted(Path("reports/gan/progress").glob("step_*.png"))
         with atomic_path(GIF) as tmp:

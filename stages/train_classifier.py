@@ -1,5 +1,9 @@
 """DVC stage `train_classifier`: train the classifier, keep its best-on-validation weights."""
 
+from digitlab.params import stage_params
+
+PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
+
 from pathlib import Path
 
 import mlflow
@@ -10,7 +14,6 @@ from digitlab.data import load_split
 from digitlab.errors import run_main
 from digitlab.files import atomic_path, write_text
 from digitlab.models import build_classifier, n_parameters, pick_device, save_checkpoint
-from digitlab.params import load_params
 from digitlab.plots import training_curves
 from digitlab.tracking import stage_run
 from digitlab.train import fit_classifier
@@ -21,7 +24,7 @@ REPORTS = Path("reports/classifier")
 
 
 def main() -> None:
-    params = load_params()
+    params = PARAMS
     cfg = params.classifier
     train, val = load_split(PREPARED, "train"), load_split(PREPARED, "val")
     logged = {"classifier": cfg.model_dump(), "seed": params.seed}

@@ -1,5 +1,9 @@
 """DVC stage `train_gan`: train a generator against a discriminator on the images of `digit`."""
 
+from digitlab.params import stage_params
+
+PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
+
 from pathlib import Path
 
 import mlflow
@@ -10,7 +14,6 @@ from digitlab.errors import run_main
 from digitlab.files import atomic_dir, atomic_path, write_text
 from digitlab.gan import fit_gan
 from digitlab.models import pick_device, save_checkpoint
-from digitlab.params import load_params
 from digitlab.plots import gan_curves, save_grid
 from digitlab.tracking import stage_run
 
@@ -18,7 +21,7 @@ REPORTS = Path("reports/gan")
 
 
 def main() -> None:
-    params = load_params()
+    params = PARAMS
     cfg = params.gan
     real = load_split("data/prepared", "train").of_digits(params.digits)
     logged = {"gan": cfg.model_dump(), "gan.generator.layers": cfg.generator_config().hidden,

@@ -83,10 +83,32 @@ def test_corrupt_source_never_replaces_dest(
     with pytest.raises(FetchError) as info:
         fetch_raw("mnist", dest, sources_for("mnist")[:1], log=lambda _: None)
     message = str(info.value)
-    assert "train-labels-idx1-ubyte: sha256" in message
+    if damage == "flip-byte":
+        assert "train-labels-idx1-ubyte: sha256" in message
+    else:
+        assert "train-labels-idx1-ubyte: 30,004 bytes, expected 60,008" in message
     assert "\n" not in message
     assert tree(dest) == before
     assert no_leftovers(dest.parent)
+
+
+def test_a_hostile_gz_is_decompressed_only_up_to_the_expected_size(
+    raw_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source_dir = tmp_path / "src"
+    shutil.copytree(raw_mnist, source_dir)
+    (source_dir / "train-images-idx3-ubyte").unlink()
+    with gzip.open(source_dir / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as out:
+        zeros = bytes(1 << 20)
+        for _ in range(200):  # 200 MiB of zeros in a file of about 1 MB
+            out.write(zeros)
+    assert (source_dir / "train-images-idx3-ubyte.gz").stat().st_size < 2 << 20
+    monkeypatch.setenv(RAW_DIR_ENV, str(source_dir))
+    with pytest.raises(FetchError, match=r"train-images-idx3-ubyte.gz: decompresses to more than "
+                       r"the 47,040,016 bytes expected"):  # fmt: skip
+        fetch_raw("mnist", tmp_path / "raw" / "mnist", sources_for("mnist")[:1], log=lambda _: None)
+    assert not (tmp_path / "raw" / "mnist").exists()
+    assert no_leftovers(tmp_path / "raw")
 
 
 def test_interrupted_source_leaves_nothing(raw_mnist: Path, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def run_script(
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("sig", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize(("sig", "status"), [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_a_stop_unwinds_the_stage_and_exits_with_one_line(sig: str, status: int) -> None:
     done = run_script(STOPPED.format(sig=sig), default_sigint)
     assert done.returncode == status

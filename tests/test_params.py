@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digitlab.params import ParamsError, load_params, parse_params
+from digitlab.params import Params, ParamsError, check_sizes, load_params, parse_params
 from helpers import set_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,14 @@ def test_repo_params_load() -> None:
         ("digit", "seven", "0-9 or 'all'"),
         ("digit", True, "0-9 or 'all'"),
         ("seed", -1, "greater than or equal to 0"),
+        ("classifier.optimizer.weight_decay", float("inf"), "finite number"),
+        ("gan.optimizer_g.betas", [0.5], "at least 2 items"),
+        ("gan.generator.hidden", [10_000_000], "a list of sizes 1-65536"),
     ],
 )
 def test_bad_value_names_key_and_allowed(key: str, value: object, expected: str) -> None:
     message = error_for(with_value(key, value))
-    assert f"params.yaml: {key} = {value!r} is not allowed" in message
+    assert message.startswith(f"params.yaml: {key} = {value!r} is not allowed")
     assert expected in message
 
 
@@ -82,3 +85,50 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
         load_params(bad)
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_params_file_that_is_a_directory_or_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(ParamsError, match=r"dir\.yaml: is a directory, expected the params file"):
+        load_params(tmp_path / "dir.yaml")
+    (tmp_path / "latin.yaml").write_bytes(b"seed: \xff\n")
+    with pytest.raises(ParamsError, match=r"latin\.yaml: not UTF-8 text"):
+        load_params(tmp_path / "latin.yaml")
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"classifier.arch": "mlp", "classifier.hidden": [65_536] * 3},
+         "classifier.hidden makes the classifier too big: 8,642,166,794 parameters need 173 GB"),
+        ({"gan.discriminator.hidden": [65_536, 65_536]},
+         "gan.discriminator.hidden makes the discriminator too big"),
+        ({"gan.generator.hidden": [60_000, 60_000]}, "gan.generator.hidden makes the generator too big"),
+        ({"classifier.batch_size": 1_000_000_000},
+         "classifier.batch_size gives batches of 55,000 images whose activations need"),
+        ({"gan.batch_size": 65_536, "gan.discriminator.hidden": [16_384, 16_384]},
+         "gan.batch_size gives batches of 60,000 images"),
+    ],
+)  # fmt: skip
+def test_networks_and_batches_too_big_for_memory_are_refused(changes: dict, expected: str) -> None:
+    raw = raw_params()
+    for key, value in changes.items():
+        set_key(raw, key, value)
+    params = Params.model_validate(raw)  # each number is allowed on its own
+    with pytest.raises(ParamsError) as info:
+        check_sizes(params, 24 * GIB)
+    message = str(info.value)
+    assert message.startswith("params.yaml: ") and expected in message
+    assert "of this machine's 26 GB of memory" in message and "\n" not in message
+
+
+def test_the_defaults_and_the_labs_setups_fit_in_4_gib() -> None:
+    for changes in ({}, {"classifier.arch": "mlp", "classifier.batch_size": 0},
+                    {"classifier.arch": "lenet5"}, {"digit": "all"}):  # fmt: skip
+        raw = raw_params()
+        for key, value in changes.items():
+            set_key(raw, key, value)
+        check_sizes(Params.model_validate(raw), 4 * GIB)

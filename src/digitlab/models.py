@@ -198,6 +198,16 @@ def _saved_config(path: str | Path, checkpoint: dict[str, Any], schema: type[Con
         raise DigitlabError(f"{path}: its saved settings are missing or damaged") from None
 
 
+def check_dataset(path: str | Path, checkpoint: dict[str, Any], dataset: str) -> None:
+    """Refuse a model trained on another dataset than params.yaml's `data.dataset`."""
+    trained_on = checkpoint.get("dataset")
+    if trained_on != dataset:
+        raise DigitlabError(
+            f"{path} was trained on data.dataset={trained_on!r} but params.yaml has "
+            f"{dataset!r}: run `dvc repro`"
+        )
+
+
 def load_classifier(
     path: str | Path, expected: ClassifierArchitecture | None = None
 ) -> tuple[nn.Module, ClassifierArchitecture, dict[str, Any]]:

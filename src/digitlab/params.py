@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from digitlab.errors import DigitlabError
+from digitlab.errors import DigitlabError, restore_hint
 
 DATASETS = ("mnist", "fashion_mnist")
 Digit = int | Literal["all"]
@@ -76,10 +80,14 @@ class ClassifierParams(ClassifierArchitecture):
 def _check_generator_hidden(value: Any) -> Any:
     if value == "mirror":
         return value
-    if isinstance(value, list) and value and all(type(v) is int and v >= 1 for v in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(type(v) is int and 1 <= v <= 65_536 for v in value)
+    ):
         return value
     raise ValueError(
-        "must be 'mirror' (the discriminator's layers reversed) or a list of sizes >= 1"
+        "must be 'mirror' (the discriminator's layers reversed) or a list of sizes 1-65536"
     )
 
 
@@ -154,6 +162,73 @@ class Params(_Section):
         return list(range(10)) if self.digit == "all" else [int(self.digit)]
 
 
+# ---------------------------------------------------------------- sizes that fit in memory
+
+IMAGE_PIXELS, N_CLASSES, MNIST_TRAIN = 28 * 28, 10, 60_000
+FLOAT_BYTES = 4
+TRAIN_COPIES = 5  # weights, gradients, Adam's two moments, the GAN's moving average
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError):
+        memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text()))
+    return memory
+
+
+def _linear_parameters(sizes: list[int]) -> int:
+    return sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(sizes))
+
+
+def _classifier_sizes(c: ClassifierParams) -> tuple[str, int, int]:
+    """(the key that sets its size, parameters, floats kept per image while training)."""
+    if c.arch == "mlp":
+        return ("classifier.hidden", _linear_parameters([IMAGE_PIXELS, *c.hidden, N_CLASSES]),
+                IMAGE_PIXELS + 3 * sum(c.hidden) + N_CLASSES)  # fmt: skip
+    if c.arch == "cnn":
+        c1, c2, c3 = c.channels
+        weights = 9 * (c1 + c1 * c2 + c2 * c3) + c1 + c2 + c3 + 9 * c3 * N_CLASSES + N_CLASSES
+        return "classifier.channels", weights, 3 * (784 * c1 + 196 * c2 + 49 * c3) + 196 * c1
+    return "classifier.arch", 61_706, 3 * (784 * 6 + 100 * 16) + 400  # LeNet-5
+
+
+def check_sizes(params: Params, memory: int, source: str = "params.yaml") -> None:
+    """Refuse, before any work, a network or a batch that cannot be trained in `memory` bytes:
+    half of it for the networks (TRAIN_COPIES copies of the weights), half for one batch's
+    activations (forward values and their gradients)."""
+    budget = memory // 2
+    c, gan = params.classifier, params.gan
+    n_train = MNIST_TRAIN - params.data.val_size
+    batch = n_train if c.batch_size == 0 else min(c.batch_size, n_train)
+    key, weights, per_image = _classifier_sizes(c)
+    g = gan.generator_config()
+    g_weights = _linear_parameters([g.latent_size, *g.hidden, IMAGE_PIXELS]) + 2 * sum(g.hidden)
+    d_weights = _linear_parameters([IMAGE_PIXELS, *gan.discriminator.hidden, 1])
+    gan_batch = min(gan.batch_size, MNIST_TRAIN)
+    gan_per_image = 3 * (sum(g.hidden) + sum(gan.discriminator.hidden)) + 4 * IMAGE_PIXELS
+    gigabytes = f"{memory / 1e9:.0f} GB"
+    networks = ((key, weights, "the classifier"),
+                ("gan.discriminator.hidden", d_weights, "the discriminator"),  # G may mirror it
+                ("gan.generator.hidden", g_weights, "the generator"))  # fmt: skip
+    for key_, count, what in networks:
+        if count * FLOAT_BYTES * TRAIN_COPIES > budget:
+            raise ParamsError(
+                f"{source}: {key_} makes {what} too big: {count:,} parameters need "
+                f"{count * FLOAT_BYTES * TRAIN_COPIES / 1e9:,.0f} GB to train, more than half "
+                f"of this machine's {gigabytes} of memory"
+            )
+    for key_, size, floats in (("classifier.batch_size", batch, per_image),
+                               ("gan.batch_size", gan_batch, gan_per_image)):  # fmt: skip
+        needed = 2 * size * floats * FLOAT_BYTES
+        if needed > budget:
+            raise ParamsError(
+                f"{source}: {key_} gives batches of {size:,} images whose activations need "
+                f"{needed / 1e9:,.0f} GB, more than half of this machine's {gigabytes} of "
+                "memory: use smaller batches"
+            )
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         annotation = model.model_fields[str(part)].annotation
@@ -177,13 +252,26 @@ def _one_line(err: dict[str, Any], source: str) -> str:
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate a params mapping; raise ParamsError with one line for the first bad key."""
+    """Validate a params mapping; raise ParamsError with one line for the first bad key, or
+    for networks and batches too big for this machine's memory."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_one_line(exc.errors()[0], source)) from None
+    check_sizes(params, machine_memory(), source)
+    return params
+
+
+def stage_params() -> Params:
+    """params.yaml for a stage script, read before anything else it imports (torch and MLflow
+    take seconds to import): a bad value ends the stage at once, with one line and exit 1."""
+    try:
+        return load_params()
+    except ParamsError as exc:
+        print(f"digitlab: error: {exc}{restore_hint()}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -193,6 +281,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a directory, expected the params file") from None
+    except UnicodeDecodeError:
+        raise ParamsError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

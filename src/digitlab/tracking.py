@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from digitlab.errors import DigitlabError, ignore_stops
 from digitlab.params import Params
 
 EXPERIMENT = "digitlab"
@@ -157,19 +158,66 @@ def _summarise_on_parent(client: Any, parent: str, run_id: str, status: str) -> 
         print(f"digitlab: warning: could not update the pipeline run: {exc}", file=sys.stderr)
 
 
+# MLflow's HTTP client retries 7 times with growing back-off and waits up to 120 s for each
+# answer: a tracking server that is down or hangs would stall a stage for minutes. These
+# defaults fail in seconds; set the variables yourself to choose otherwise.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+class TrackingError(DigitlabError):
+    """The MLflow store cannot be reached or used."""
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What MLflow raises when its store is down, hangs, refuses or is damaged."""
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError
+
+
+def store_error(uri: str, exc: BaseException) -> TrackingError:
+    """One line naming the store (the variable when it is set) and why it cannot be used."""
+    text = str(exc)
+    if "Connection refused" in text or "Failed to establish" in text:
+        reason = "connection refused: is the server running?"
+    elif "timed out" in text.lower() or "Read timed out" in text:
+        reason = f"no answer within {os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
+    else:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        reason = (lines[0] if lines else type(exc).__name__)[:300]
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return TrackingError(
+            f"MLFLOW_TRACKING_URI={uri}: the MLflow store cannot be used ({reason})"
+        )
+    db = uri.removeprefix("sqlite:///")
+    return TrackingError(
+        f"{db}: the MLflow store cannot be used ({reason}); if it is damaged, move it away "
+        f"(mv {db} {db}.bad) and a new one is made"
+    )
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, logged_params: Mapping[str, Any]) -> Iterator[Any]:
     """Start the MLflow run of one stage, nested under its pipeline's parent run.
 
     Logs `logged_params` (flattened) and the tags dvc.stage, git.commit, dvc.exp, digit,
     dataset. The run ends FINISHED, or FAILED when the block raises (an exception, Ctrl-C, or
-    SIGTERM under errors.run_main); its metrics are then copied onto the parent run.
+    SIGTERM under errors.run_main); its metrics are then copied onto the parent run. A store
+    that cannot be used fails the stage with one TrackingError line, within seconds.
     """
     import mlflow
 
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    errors = _store_errors()
     root = repo_root()
     uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
     commit = git_commit(root)
     tags = {
         "git.commit": commit,
@@ -178,25 +226,37 @@ def stage_run(stage: str, params: Params, logged_params: Mapping[str, Any]) -> I
         "dataset": params.data.dataset,
     }
     pipeline = pipeline_id(params, commit)
-    with store_lock(uri):
-        client = mlflow.MlflowClient(uri)
-        experiment_id = _experiment_id(client, root, local_store=uri.startswith("sqlite:"))
-        parent = _parent_run_id(client, experiment_id, pipeline, tags, params)
-    status, run_id = "FAILED", None
+    parent = None
     try:
-        with mlflow.start_run(
+        mlflow.set_tracking_uri(uri)
+        with store_lock(uri):
+            client = mlflow.MlflowClient(uri)
+            experiment_id = _experiment_id(client, root, local_store=uri.startswith("sqlite:"))
+            parent = _parent_run_id(client, experiment_id, pipeline, tags, params)
+        run = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=stage,
             parent_run_id=parent,
             tags={**tags, "dvc.stage": stage, PIPELINE_TAG: pipeline, KIND_TAG: "stage"},
-        ) as run:
-            run_id = run.info.run_id
-            mlflow.log_params(flatten(logged_params))
-            yield run
-        status = "FINISHED"
-    finally:
-        if run_id is None:  # the stage's run could not start: its pipeline is not running
-            with contextlib.suppress(Exception):
+        )
+    except errors as exc:
+        if parent is not None:  # the stage's run could not start: its pipeline is not running
+            with contextlib.suppress(*errors):
                 client.set_terminated(parent, "FAILED")
+        raise store_error(uri, exc) from None
+    status = "FAILED"
+    try:
+        mlflow.log_params(flatten(logged_params))
+        yield run
+        ignore_stops()  # the stage's work is done: closing its run must not be cut short
+        status = "FINISHED"
+    except errors as exc:
+        raise store_error(uri, exc) from None
+    finally:
+        try:
+            mlflow.end_run(status)
+        except errors as exc:  # the store went away: the stage's outcome stands, say so
+            print(f"digitlab: warning: run {run.info.run_id} ({stage}) could not be closed as "
+                  f"{status}: {store_error(uri, exc)}", file=sys.stderr)  # fmt: skip
         else:
-            _summarise_on_parent(client, parent, run_id, status)
+            _summarise_on_parent(client, parent, run.info.run_id, status)
