@@ -13,6 +13,7 @@ from helpers import (
     ALL_STAGES,
     ROOT,
     TINY,
+    clone_repo,
     copy_repo,
     dvc,
     git,
@@ -74,3 +75,13 @@ def tiny_baseline(
             _reproduce_tiny(repo, env)
             done.touch()
     return repo, env
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(
+    tiny_baseline: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, str]]:
+    """A clone of the tiny baseline for one end-to-end test module: reproduced and committed,
+    so that diffs compare against it and queued experiments start from it."""
+    path, env = tiny_baseline
+    return clone_repo(path, tmp_path_factory.mktemp("repo")), env

@@ -16,7 +16,6 @@ from helpers import (
     ALL_STAGES,
     changed_stages,
     client,
-    clone_repo,
     default_sigint,
     dvc,
     git,
@@ -27,16 +26,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.slow  # copies of the repo where DVC, MLflow and servers really run
-
-
-@pytest.fixture(scope="module")
-def loop(
-    tiny_baseline: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, str]]:
-    """A clone of the tiny baseline (reproduced and committed, so that diffs compare against
-    it and queued experiments start from it)."""
-    path, env = tiny_baseline
-    return clone_repo(path, tmp_path_factory.mktemp("loop")), env
 
 
 # ---------------------------------------------------------------- one edit, exact reruns
@@ -59,9 +48,9 @@ EDITS = {
 
 @pytest.mark.parametrize("key", list(EDITS))
 def test_one_param_edit_marks_exactly_the_stages_that_read_it(
-    loop: tuple[Path, dict[str, str]], key: str
+    tiny_repo: tuple[Path, dict[str, str]], key: str
 ) -> None:
-    path, env = loop
+    path, env = tiny_repo
     value, expected = EDITS[key]
     original = (path / "params.yaml").read_text()
     set_param(path, key, value)
@@ -100,7 +89,7 @@ def wait_for_running_run(repo: Path, stage: str, since_ms: int, timeout: float =
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_stopped_stage_is_failed_in_mlflow_and_its_outputs_come_back(
-    loop: tuple[Path, dict[str, str]], how: str
+    tiny_repo: tuple[Path, dict[str, str]], how: str
 ) -> None:
     """Ctrl-C reaches DVC and the stage (the terminal signals the whole process group; DVC
     waits for the stage); SIGTERM reaches the stage alone (`kill`, a job runner). Either way
@@ -109,7 +98,7 @@ def test_a_stopped_stage_is_failed_in_mlflow_and_its_outputs_come_back(
     line names, so the pipeline is up to date again once the edit is undone."""
     import psutil
 
-    path, env = loop
+    path, env = tiny_repo
     before = outputs_snapshot(path)
     original = (path / "params.yaml").read_text()
     set_param(path, "gan.epochs", 1000)  # long enough to be stopped while training
@@ -159,11 +148,11 @@ def test_a_stopped_stage_is_failed_in_mlflow_and_its_outputs_come_back(
 
 
 def test_edit_and_rerun_after_a_stop_shows_in_the_diffs(
-    loop: tuple[Path, dict[str, str]],
+    tiny_repo: tuple[Path, dict[str, str]],
 ) -> None:
     """After the stops above, the same edit reruns cleanly; `dvc params diff`, `dvc metrics
     diff` and `dvc plots diff` show it against the committed baseline."""
-    path, env = loop
+    path, env = tiny_repo
     set_param(path, "gan.epochs", 2)
     try:
         assert changed_stages(path, env) == {"train_gan", "report"}

@@ -16,7 +16,6 @@ from digitlab.data import load_split
 from helpers import (
     ALL_STAGES,
     changed_stages,
-    clone_repo,
     dvc,
     git,
     mlflow_runs,
@@ -29,18 +28,8 @@ pytestmark = pytest.mark.slow  # a copy of the repo where `dvc repro` really run
 DIGIT_STAGES = {"evaluate", "train_gan", "evaluate_gan", "report"}
 
 
-@pytest.fixture(scope="module")
-def repo(
-    tiny_baseline: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, str]]:
-    """A clone of the tiny baseline: a copy of the repo, its params shrunk for speed, where
-    `dvc repro` has run once."""
-    path, env = tiny_baseline
-    return clone_repo(path, tmp_path_factory.mktemp("repo")), env
-
-
-def test_repro_writes_lock_outputs_and_metrics(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_repro_writes_lock_outputs_and_metrics(tiny_repo: tuple[Path, dict[str, str]]) -> None:
+    path, env = tiny_repo
     lock = yaml.safe_load((path / "dvc.lock").read_text())
     assert {"fetch", "prepare"} <= set(lock["stages"])
     fetch_outs = {o["path"]: o for o in lock["stages"]["fetch"]["outs"]}
@@ -57,9 +46,9 @@ def test_repro_writes_lock_outputs_and_metrics(repo: tuple[Path, dict[str, str]]
 
 
 def test_prepare_is_deterministic(
-    repo: tuple[Path, dict[str, str]], prepared: tuple[Path, dict]
+    tiny_repo: tuple[Path, dict[str, str]], prepared: tuple[Path, dict]
 ) -> None:
-    path, _ = repo
+    path, _ = tiny_repo
     fixture_dir, summary = prepared
     for name in ("train", "val"):
         a, b = load_split(path / "data/prepared", name), load_split(fixture_dir, name)
@@ -68,9 +57,9 @@ def test_prepare_is_deterministic(
 
 
 def test_mlflow_has_one_run_per_stage_under_a_pipeline_parent(
-    repo: tuple[Path, dict[str, str]],
+    tiny_repo: tuple[Path, dict[str, str]],
 ) -> None:
-    path, _ = repo
+    path, _ = tiny_repo
     runs = mlflow_runs(path)
     by_name = {r.info.run_name: r for r in runs}
     assert {"fetch", "prepare"} <= set(by_name)
@@ -91,8 +80,8 @@ def test_mlflow_has_one_run_per_stage_under_a_pipeline_parent(
     assert artifacts == {"data/examples.png", "data/summary.json"}
 
 
-def test_second_repro_runs_nothing_fast(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_second_repro_runs_nothing_fast(tiny_repo: tuple[Path, dict[str, str]]) -> None:
+    path, env = tiny_repo
     start = time.perf_counter()
     result = dvc(path, env, "repro")
     elapsed = time.perf_counter() - start
@@ -100,8 +89,10 @@ def test_second_repro_runs_nothing_fast(repo: tuple[Path, dict[str, str]]) -> No
     assert elapsed < 5, f"no-op repro took {elapsed:.1f} s"
 
 
-def test_bad_dataset_fails_in_one_line_and_keeps_data(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_bad_dataset_fails_in_one_line_and_keeps_data(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
+    path, env = tiny_repo
     before = {p.name: p.stat().st_mtime_ns for p in (path / "data/raw/mnist").iterdir()}
     set_param(path, "data.dataset", "cifar100")
     try:
@@ -127,10 +118,12 @@ def read_metrics(repo: Path) -> dict:
     return json.loads((repo / "reports/classifier/metrics.json").read_text())
 
 
-def test_classifier_outputs_recompute_from_predictions(repo: tuple[Path, dict[str, str]]) -> None:
+def test_classifier_outputs_recompute_from_predictions(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
     import pandas as pd
 
-    path, env = repo
+    path, env = tiny_repo
     metrics = read_metrics(path)
     predictions = pd.read_csv(path / "reports/classifier/predictions.csv")
     assert list(predictions.columns) == ["index", "true", "predicted", "score"]
@@ -156,10 +149,10 @@ def test_classifier_outputs_recompute_from_predictions(repo: tuple[Path, dict[st
     assert "Confusion matrix (test set)" in html and "Classifier loss" in html
 
 
-def test_classifier_runs_in_mlflow(repo: tuple[Path, dict[str, str]]) -> None:
+def test_classifier_runs_in_mlflow(tiny_repo: tuple[Path, dict[str, str]]) -> None:
     import mlflow
 
-    path, _ = repo
+    path, _ = tiny_repo
     runs = {r.info.run_name: r for r in mlflow_runs(path)}
     train, evaluate = runs["train_classifier"], runs["evaluate"]
     assert train.data.params["classifier.arch"] == "mlp"
@@ -177,8 +170,10 @@ def test_classifier_runs_in_mlflow(repo: tuple[Path, dict[str, str]]) -> None:
     assert figures == {"figures/confusion.png", "figures/breakdown.png", "figures/mistakes.png"}
 
 
-def test_digit_change_reevaluates_without_retraining(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_digit_change_reevaluates_without_retraining(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
+    path, env = tiny_repo
     model = (path / "models/classifier.pt").read_bytes()
     generator = (path / "models/generator.pt").read_bytes()
     set_param(path, "digit", 7)
@@ -202,8 +197,10 @@ def test_digit_change_reevaluates_without_retraining(repo: tuple[Path, dict[str,
     assert not changed_stages(path, env)
 
 
-def test_same_params_and_seed_give_identical_metrics(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_same_params_and_seed_give_identical_metrics(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
+    path, env = tiny_repo
     before = (path / "reports/classifier/metrics.json").read_bytes()
     dvc(path, env, "repro", "-f", "-s", "train_classifier")
     dvc(path, env, "repro", "-f", "-s", "evaluate")
@@ -216,9 +213,9 @@ def test_same_params_and_seed_give_identical_metrics(repo: tuple[Path, dict[str,
 
 
 def test_diverging_training_fails_cleanly_and_its_model_comes_back(
-    repo: tuple[Path, dict[str, str]],
+    tiny_repo: tuple[Path, dict[str, str]],
 ) -> None:
-    path, env = repo
+    path, env = tiny_repo
     model = (path / "models/classifier.pt").read_bytes()
     set_param(path, "classifier.optimizer.name", "sgd")
     set_param(path, "classifier.optimizer.lr", 10.0)
@@ -247,13 +244,13 @@ def test_diverging_training_fails_cleanly_and_its_model_comes_back(
     assert not changed_stages(path, env)
 
 
-def test_gan_outputs_and_mlflow_run(repo: tuple[Path, dict[str, str]]) -> None:
+def test_gan_outputs_and_mlflow_run(tiny_repo: tuple[Path, dict[str, str]]) -> None:
     import mlflow
     import pandas as pd
 
     from digitlab.models import load_checkpoint, load_generator
 
-    path, _ = repo
+    path, _ = tiny_repo
     generator, checkpoint = load_generator(path / "models/generator.pt")
     assert generator.config.hidden == [32, 64] and checkpoint["digit"] == 3
     assert load_checkpoint(path / "models/discriminator.pt", "discriminator")["config"][
@@ -274,8 +271,8 @@ def test_gan_outputs_and_mlflow_run(repo: tuple[Path, dict[str, str]]) -> None:
     assert len(client.list_artifacts(run.info.run_id, "progress")) == 2
 
 
-def test_evaluate_gan_metrics_and_gan_eval_change(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_evaluate_gan_metrics_and_gan_eval_change(tiny_repo: tuple[Path, dict[str, str]]) -> None:
+    path, env = tiny_repo
     metrics = json.loads((path / "reports/gan/metrics.json").read_text())
     assert metrics["num_samples"] == 500
     assert 0 <= metrics["decent_rate"] <= 1 and metrics["frechet_floor"] > 0
@@ -297,11 +294,11 @@ def test_evaluate_gan_metrics_and_gan_eval_change(repo: tuple[Path, dict[str, st
 
 
 def test_report_is_self_contained_and_renders_in_chromium(
-    repo: tuple[Path, dict[str, str]], tmp_path: Path
+    tiny_repo: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     from helpers import chromium, render
 
-    path, _ = repo
+    path, _ = tiny_repo
     page = (path / "reports/index.html").read_text()
     assert "http://" not in page and "https://" not in page
     for heading in ("Parameters", "Data", "Classifier", "GAN", "GAN metrics", "MLflow runs"):
@@ -325,8 +322,10 @@ def test_report_is_self_contained_and_renders_in_chromium(
 # The last two tests leave the outputs out of date with params.yaml: keep them last.
 
 
-def test_val_size_change_reruns_prepare_and_downstream(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_val_size_change_reruns_prepare_and_downstream(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
+    path, env = tiny_repo
     set_param(path, "data.val_size", 6000)
     try:
         assert changed_stages(path, env) == {"prepare", "report"}
@@ -345,8 +344,10 @@ def test_val_size_change_reruns_prepare_and_downstream(repo: tuple[Path, dict[st
     not os.path.isdir("/usr/share/datasets/fashion-mnist"),
     reason="Debian's dataset-fashion-mnist is not installed (make test installs it as root)",
 )
-def test_fashion_mnist_flows_through_the_same_stages(repo: tuple[Path, dict[str, str]]) -> None:
-    path, env = repo
+def test_fashion_mnist_flows_through_the_same_stages(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
+    path, env = tiny_repo
     set_param(path, "data.dataset", "fashion_mnist")
     try:
         result = dvc(path, env, "repro")

@@ -22,7 +22,6 @@ import torch
 
 from helpers import (
     changed_stages,
-    clone_repo,
     default_sigint,
     dvc,
     free_port,
@@ -38,19 +37,10 @@ from helpers import (
 pytestmark = pytest.mark.slow  # a copy of the repo where DVC, MLflow and servers really run
 
 
-@pytest.fixture(scope="module")
-def tiny(
-    tiny_baseline: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, str]]:
-    """A clone of the tiny baseline (reproduced and committed)."""
-    path, env = tiny_baseline
-    return clone_repo(path, tmp_path_factory.mktemp("reliability")), env
-
-
 @pytest.fixture
-def pristine(tiny: tuple[Path, dict[str, str]]) -> Iterator[tuple[Path, dict[str, str]]]:
+def pristine(tiny_repo: tuple[Path, dict[str, str]]) -> Iterator[tuple[Path, dict[str, str]]]:
     """The tiny repo; afterwards its params and outputs are back to the committed baseline."""
-    path, env = tiny
+    path, env = tiny_repo
     yield path, env
     git(path, "checkout", "-q", "--", ".")
     dvc(path, env, "checkout", "--force")

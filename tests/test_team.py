@@ -21,7 +21,6 @@ from helpers import (
     BIN,
     ROOT,
     client,
-    clone_repo,
     dvc,
     free_port,
     git,
@@ -33,16 +32,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.slow  # copies of the repo where DVC, MLflow and servers really run
-
-
-@pytest.fixture(scope="module")
-def loop(
-    tiny_baseline: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, str]]:
-    """A clone of the tiny baseline (reproduced and committed, so that diffs compare against
-    it and queued experiments start from it)."""
-    path, env = tiny_baseline
-    return clone_repo(path, tmp_path_factory.mktemp("loop")), env
 
 
 # ---------------------------------------------------------------- one store, many writers
@@ -108,11 +97,11 @@ def queue_status(path: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def test_queued_sweep_with_two_workers_lands_every_run_in_mlflow(
-    loop: tuple[Path, dict[str, str]], tmp_path: Path
+    tiny_repo: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     import mlflow
 
-    path, env = loop
+    path, env = tiny_repo
     out = dvc(path, env, "exp", "run", "--queue", "-S", "gan.batch_size=32,128")
     names = re.findall(r"Queued experiment '([^']+)'", out.stdout)
     assert len(names) == 2
@@ -191,13 +180,13 @@ def page_text(url: str, tmp: Path) -> str:
 
 
 def test_make_ui_lists_the_experiment_and_its_runs_in_chromium(
-    loop: tuple[Path, dict[str, str]], tmp_path: Path
+    tiny_repo: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     from helpers import chromium
 
     if chromium() is None:
         pytest.skip("no Chromium found (install Debian's chromium package; .ci/run does)")
-    path, env = loop
+    path, env = tiny_repo
     mlflow_client = client(path)
     experiment = mlflow_client.get_experiment_by_name("digitlab")
     runs = mlflow_client.search_runs([experiment.experiment_id], max_results=1000)
@@ -231,11 +220,11 @@ def test_make_ui_lists_the_experiment_and_its_runs_in_chromium(
 
 
 def test_a_stage_logs_to_a_team_server_named_by_mlflow_tracking_uri(
-    loop: tuple[Path, dict[str, str]], tmp_path: Path
+    tiny_repo: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     import mlflow
 
-    path, env = loop
+    path, env = tiny_repo
     port = free_port()
     log = tmp_path / "server.log"
     proc = mlflow_server(port, tmp_path, env, log)
