@@ -12,11 +12,15 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from digitlab.errors import DigitlabError
-from digitlab.params import ClassifierArchitecture, DiscriminatorParams, GeneratorConfig
+from digitlab.params import (
+    IMAGE_PIXELS,
+    N_CLASSES,
+    ClassifierArchitecture,
+    DiscriminatorParams,
+    GeneratorConfig,
+)
 
-N_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
-IMAGE_PIXELS = 28 * 28
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
     "relu": nn.ReLU,

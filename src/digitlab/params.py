@@ -164,7 +164,7 @@ class Params(_Section):
 
 # ---------------------------------------------------------------- sizes that fit in memory
 
-IMAGE_PIXELS, N_CLASSES, MNIST_TRAIN = 28 * 28, 10, 60_000
+IMAGE_PIXELS, N_CLASSES, MNIST_TRAIN = 28 * 28, 10, 60_000  # models.py builds on these too
 FLOAT_BYTES = 4
 TRAIN_COPIES = 5  # weights, gradients, Adam's two moments, the GAN's moving average
 
