@@ -34,7 +34,7 @@ def main() -> None:
         "classifier": architecture.model_dump(),
         "n_parameters": checkpoint["n_parameters"],
     }
-    with stage_run("evaluate", params, logged):
+    with stage_run("evaluate", params, logged, data_context="testing"):
         probs = probabilities(predict_logits(model, test.images, pick_device()), architecture.loss)
         metrics, confusion, table = classifier_report(test.labels, probs, params.digits)
         predicted = probs.argmax(1)

@@ -37,7 +37,8 @@ def main() -> None:
     digits = params.digits
     test = load_split("data/prepared", "test").of_digits(digits)
     train = load_split("data/prepared", "train").of_digits(digits)
-    with stage_run("evaluate_gan", params, {"gan_eval": cfg.model_dump(), "digit": params.digit}):
+    logged = {"gan_eval": cfg.model_dump(), "digit": params.digit}
+    with stage_run("evaluate_gan", params, logged, data_context="evaluation"):
         device = pick_device()
         samples = generate(generator, cfg.num_samples, params.seed, device)
         probs = probabilities(predict_logits(classifier, samples, device), architecture.loss)

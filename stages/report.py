@@ -4,6 +4,7 @@ from digitlab.params import stage_params
 
 PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -22,7 +23,12 @@ def main() -> None:
         frames = sorted(Path("reports/gan/progress").glob("step_*.png"))
         with atomic_path(GIF) as tmp:
             progress_gif(frames, tmp)
-        runs = latest_stage_runs(run.data.tags[PIPELINE_TAG], experiment_name())
+        runs = replace(
+            latest_stage_runs(run.data.tags[PIPELINE_TAG], experiment_name()),
+            experiment_id=run.info.experiment_id,
+            report=run.info.run_id,
+            pipeline=run.data.tags.get("mlflow.parentRunId"),
+        )
         write_text("reports/index.html", build_report(Path("."), runs, GIF))
         mlflow.log_artifact("reports/index.html", "report")
         print(

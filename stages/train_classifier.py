@@ -21,6 +21,7 @@ from digitlab.train import fit_classifier
 PREPARED = Path("data/prepared")
 MODEL = Path("models/classifier.pt")
 REPORTS = Path("reports/classifier")
+CLASSIFIER = "digitlab-classifier"  # its name in MLflow's model registry
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     cfg = params.classifier
     train, val = load_split(PREPARED, "train"), load_split(PREPARED, "val")
     logged = {"classifier": cfg.model_dump(), "seed": params.seed}
-    with stage_run("train_classifier", params, logged):
+    with stage_run("train_classifier", params, logged, "training", system_metrics=True) as run:
         torch.manual_seed(params.seed)
         model = build_classifier(cfg.architecture())
         device = pick_device()
@@ -57,7 +58,9 @@ def main() -> None:
         training_curves(history, REPORTS / "curves.png", title)
         mlflow.log_metrics({"best/epoch": result.best_epoch, "best/val_acc": best["val_acc"],
                             "train/seconds": history["seconds"].sum()})  # fmt: skip
-        mlflow.log_artifact(str(MODEL), "model")
+        dataset = params.data.dataset
+        run.log_model(model, CLASSIFIER, example=val.images[:5], alias=f"latest-{dataset}",
+                      tags={"dataset": dataset, "arch": cfg.arch})  # fmt: skip
         mlflow.log_artifact(str(REPORTS / "history.csv"), "classifier")
         mlflow.log_artifact(str(REPORTS / "curves.png"), "classifier")
         print(f"train_classifier: best epoch {result.best_epoch}, val acc {best['val_acc']:.4f}")

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 
 from digitlab.data import load_split
 from digitlab.errors import run_main
 from digitlab.files import atomic_dir, atomic_path, write_text
 from digitlab.gan import fit_gan
+from digitlab.inference import sample_latent
 from digitlab.models import pick_device, save_checkpoint
 from digitlab.plots import gan_curves, save_grid
 from digitlab.tracking import stage_run
 
 REPORTS = Path("reports/gan")
+GENERATOR = "digitlab-generator"  # its name in MLflow's model registry
 
 
 def main() -> None:
@@ -26,7 +29,7 @@ def main() -> None:
     real = load_split("data/prepared", "train").of_digits(params.digits)
     logged = {"gan": cfg.model_dump(), "gan.generator.layers": cfg.generator_config().hidden,
               "digit": params.digit, "seed": params.seed, "n_real_images": len(real)}  # fmt: skip
-    with stage_run("train_gan", params, logged):
+    with stage_run("train_gan", params, logged, "training", system_metrics=True) as run:
         device = pick_device()
         print(
             f"train_gan: {len(real):,} real images of digit {params.digit}, {cfg.schedule} schedule, on {device}"
@@ -60,7 +63,10 @@ def main() -> None:
                             "gan/train_seconds": float(history["seconds"].iloc[-1])})  # fmt: skip
         mlflow.log_artifacts(str(REPORTS / "progress"), "progress")
         mlflow.log_artifact(str(REPORTS / "losses.png"), "gan")
-        mlflow.log_artifact("models/generator.pt", "model")
+        latent = torch.Generator().manual_seed(params.seed)
+        example = sample_latent(5, cfg.latent_size, cfg.latent, latent, torch.device("cpu"))
+        run.log_model(result.generator, GENERATOR, example, alias=f"latest-{params.data.dataset}-{params.digit}",
+                      tags={"dataset": params.data.dataset, "digit": str(params.digit)})  # fmt: skip
         state = "COLLAPSED (see the warning above)" if result.collapsed else "not collapsed"
         print(
             f"train_gan: fixed-noise diversity {result.diversity_ratio:.0%} of the real images'; {state}"

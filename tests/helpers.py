@@ -82,6 +82,7 @@ def pipeline_env(raw_dir: Path) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env[RAW_DIR_ENV] = str(raw_dir)
     env["DVC_NO_ANALYTICS"] = "1"
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # tiny trainings last seconds
     return env
 
 

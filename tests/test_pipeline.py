@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -163,11 +164,71 @@ def test_classifier_runs_in_mlflow(tiny_repo: tuple[Path, dict[str, str]]) -> No
     client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
     history = client.get_metric_history(train.info.run_id, "val/acc")
     assert [m.step for m in history] == [1]
-    assert {a.path for a in client.list_artifacts(train.info.run_id, "model")} == {
-        "model/classifier.pt"
-    }
     figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "figures")}
     assert figures == {"figures/confusion.png", "figures/breakdown.png", "figures/mistakes.png"}
+
+
+def test_registered_classifier_reproduces_evaluate(tiny_repo: tuple[Path, dict[str, str]]) -> None:
+    """The registry's latest classifier, loaded as any MLflow user would (pyfunc, no digitlab
+    code needed), scores the test set as `evaluate` did; its version and run say where it
+    came from: FINISHED run, git commit, the prepared data's DVC hash, CPU and memory."""
+    import mlflow
+
+    path, _ = tiny_repo
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    store = mlflow.MlflowClient()
+    version = store.get_model_version_by_alias("digitlab-classifier", "latest-mnist")
+    model = mlflow.pyfunc.load_model("models:/digitlab-classifier@latest-mnist")
+    test = load_split(path / "data/prepared", "test")
+    predicted = model.predict(test.images.numpy()).argmax(1)
+    accuracy = float((predicted == test.labels.numpy()).mean())
+    assert accuracy == pytest.approx(read_metrics(path)["accuracy"], abs=1e-4)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="shape"):  # the signature holds
+        model.predict(test.images[:2].reshape(2, 784).numpy())
+
+    run = store.get_run(version.run_id)
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    assert run.info.status == "FINISHED" and run.info.run_name == "train_classifier"
+    assert (
+        version.tags["dataset"] == "mnist"
+        and version.tags["git.commit"] == run.data.tags["git.commit"]
+    )
+    commit = run.data.tags["mlflow.source.git.commit"]
+    assert (
+        commit == version.tags["git.commit"] and git(path, "cat-file", "-t", commit) == "commit\n"
+    )
+    assert run.data.tags["mlflow.source.name"] == "stages/train_classifier.py"
+    (data,) = run.inputs.dataset_inputs
+    prepared = next(o for o in lock["prepare"]["outs"] if o["path"] == "data/prepared")
+    assert (data.dataset.name, data.dataset.digest) == ("mnist-prepared", prepared["md5"])
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
+    experiment = store.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_registered_generator_is_the_dvc_tracked_one(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
+    import mlflow
+
+    from digitlab.models import load_generator
+
+    path, _ = tiny_repo
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    version = mlflow.MlflowClient().get_model_version_by_alias(
+        "digitlab-generator", "latest-mnist-3"
+    )
+    assert version.tags["digit"] == "3" and version.tags["dataset"] == "mnist"
+    model = mlflow.pyfunc.load_model(f"models:/digitlab-generator/{version.version}")
+    generator, _ = load_generator(path / "models/generator.pt")
+    latent = torch.randn(
+        8, generator.config.latent_size, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.inference_mode():
+        expected = generator.eval()(latent).numpy()
+    assert model.predict(latent.numpy()) == pytest.approx(expected, abs=1e-6)
 
 
 def test_digit_change_reevaluates_without_retraining(
@@ -300,7 +361,9 @@ def test_report_is_self_contained_and_renders_in_chromium(
 
     path, _ = tiny_repo
     page = (path / "reports/index.html").read_text()
-    assert "http://" not in page and "https://" not in page
+    assert not re.search(
+        r'<(img|script|link|iframe)[^>]*(src|href)="https?:', page
+    )  # nothing loaded
     for heading in ("Parameters", "Data", "Classifier", "GAN", "GAN metrics", "MLflow runs"):
         assert f">{heading}</h" in page
     finished: dict[str, set[str]] = {}

@@ -6,13 +6,19 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from digitlab.errors import DigitlabError, ignore_stops
 from digitlab.params import Params
@@ -21,6 +27,9 @@ EXPERIMENT = "digitlab"
 PIPELINE_TAG = "digitlab.pipeline"
 KIND_TAG = "digitlab.kind"  # 'pipeline' on parent runs, 'stage' on stage runs
 WORKSPACE = "workspace"  # the dvc.exp tag of runs that no DVC experiment started
+# MLflow 3 opens an experiment in its GenAI view unless this tag says it trains models
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PREPARED = Path("data/prepared")
 
 
 def repo_root() -> Path:
@@ -111,13 +120,18 @@ def _experiment_id(client: Any, root: Path, local_store: bool) -> str:
     import mlflow
 
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (root / "mlartifacts").as_uri() if local_store else None
-    try:
-        return client.create_experiment(EXPERIMENT, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+    if experiment is None:
+        location = (root / "mlartifacts").as_uri() if local_store else None
+        try:
+            return client.create_experiment(
+                EXPERIMENT, artifact_location=location, tags=EXPERIMENT_KIND
+            )
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+    for key, value in EXPERIMENT_KIND.items():  # a store made before digitlab set it
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def _parent_run_id(
@@ -181,8 +195,9 @@ def _store_errors() -> tuple[type[BaseException], ...]:
     return MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError
 
 
-def store_error(uri: str, exc: BaseException) -> TrackingError:
-    """One line naming the store (the variable when it is set) and why it cannot be used."""
+def store_error(uri: str, exc: BaseException, named_by_env: bool) -> TrackingError:
+    """One line naming the store (the variable, when the user set it) and why it cannot be
+    used."""
     text = str(exc)
     if "Connection refused" in text or "Failed to establish" in text:
         reason = "connection refused: is the server running?"
@@ -191,7 +206,7 @@ def store_error(uri: str, exc: BaseException) -> TrackingError:
     else:
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         reason = (lines[0] if lines else type(exc).__name__)[:300]
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    if named_by_env:
         return TrackingError(
             f"MLFLOW_TRACKING_URI={uri}: the MLflow store cannot be used ({reason})"
         )
@@ -202,61 +217,185 @@ def store_error(uri: str, exc: BaseException) -> TrackingError:
     )
 
 
+def dvc_hash(path: Path, lock: Path = Path("dvc.lock")) -> str | None:
+    """The hash dvc.lock records for the output `path`; None when no stage records it."""
+    try:
+        stages = yaml.safe_load(lock.read_text())["stages"]
+        outs = [out for entry in stages.values() for out in entry.get("outs", [])]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return next((out.get("md5") for out in outs if out.get("path") == path.as_posix()), None)
+
+
+def log_prepared_data(dataset: str, context: str) -> None:
+    """Record data/prepared as the active run's input, its DVC hash as the digest, so that
+    `mlflow ui` shows which data a run used (and runs on the same data share a digest)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(PREPARED.resolve()))
+    data = MetaDataset(source, name=f"{dataset}-prepared", digest=dvc_hash(PREPARED))
+    mlflow.log_input(data, context=context)
+
+
+@dataclass
+class ModelToRegister:
+    """A model logged in a stage's run, registered once that run has FINISHED."""
+
+    model_uri: str
+    name: str
+    alias: str
+    tags: dict[str, str]
+
+
+@dataclass
+class StageRun:
+    """The active MLflow run of a stage, and the models it will register when it finishes."""
+
+    run: Any  # mlflow.ActiveRun
+    to_register: list[ModelToRegister] = field(default_factory=list)
+
+    @property
+    def info(self) -> Any:
+        return self.run.info
+
+    @property
+    def data(self) -> Any:
+        return self.run.data
+
+    def log_model(
+        self, model: Any, name: str, example: Any, alias: str, tags: Mapping[str, str]
+    ) -> None:
+        """Log `model` with mlflow.pytorch, its signature and input example taken from
+        `example` (real inputs), loadable without digitlab installed (its code travels with
+        it); registered as `name` with `alias` when the run ends FINISHED, never before."""
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        import digitlab
+
+        model, example = model.cpu().eval(), example.cpu()
+        with torch.inference_mode():
+            output = model(example)
+        inputs = example.numpy()
+        pins = [f"{dist}=={metadata.version(dist)}" for dist in MODEL_REQUIREMENTS]
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(inputs, output.numpy()),
+            input_example=inputs,
+            pip_requirements=pins,  # known: MLflow's inference would load the model again
+            code_paths=[str(Path(digitlab.__file__).parent)],
+        )
+        run_tags = self.run.data.tags
+        tags = {"git.commit": run_tags["git.commit"], "dvc.exp": run_tags["dvc.exp"], **tags}
+        self.to_register.append(ModelToRegister(info.model_uri, name, alias, dict(tags)))
+
+
+# What a logged model needs to load: digitlab.models imports torch, pydantic and pyyaml.
+MODEL_REQUIREMENTS = ("torch", "pydantic", "pyyaml")
+
+
+def register_models(client: Any, stage: StageRun) -> None:
+    """A new version of each registered model, tagged, with its alias moved to it."""
+    import mlflow
+
+    for model in stage.to_register:
+        version = mlflow.register_model(
+            model.model_uri, model.name, await_registration_for=30, tags=model.tags
+        )
+        client.set_registered_model_alias(model.name, model.alias, version.version)
+        print(f"registered {model.name} version {version.version} (@{model.alias})")
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, logged_params: Mapping[str, Any]) -> Iterator[Any]:
+def stage_run(
+    stage: str,
+    params: Params,
+    logged_params: Mapping[str, Any],
+    data_context: str | None = None,
+    system_metrics: bool = False,
+) -> Iterator[StageRun]:
     """Start the MLflow run of one stage, nested under its pipeline's parent run.
 
-    Logs `logged_params` (flattened) and the tags dvc.stage, git.commit, dvc.exp, digit,
-    dataset. The run ends FINISHED, or FAILED when the block raises (an exception, Ctrl-C, or
-    SIGTERM under errors.run_main); its metrics are then copied onto the parent run. A store
-    that cannot be used fails the stage with one TrackingError line, within seconds.
+    Logs `logged_params` (flattened), data/prepared as the run's input when `data_context`
+    ('training', 'testing') is given, CPU and memory use when `system_metrics`, and the tags
+    dvc.stage, git.commit (also as the run's source), dvc.exp, digit, dataset. The run ends
+    FINISHED, or FAILED when the block raises (an exception, Ctrl-C, or SIGTERM under
+    errors.run_main); only a FINISHED run registers the models it logged. Its metrics are
+    then copied onto the parent run. A store that cannot be used fails the stage with one
+    TrackingError line, within seconds.
     """
     import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop notes
     errors = _store_errors()
     root = repo_root()
     uri = tracking_uri(root)
+    named_by_env = bool(os.environ.get("MLFLOW_TRACKING_URI"))  # before MLflow sets it
     commit = git_commit(root)
     tags = {
         "git.commit": commit,
         "dvc.exp": experiment_name(),
         "digit": str(params.digit),
         "dataset": params.data.dataset,
+        MLFLOW_GIT_COMMIT: commit,
+        MLFLOW_SOURCE_TYPE: "LOCAL",
     }
     pipeline = pipeline_id(params, commit)
+    stage_tags = {"dvc.stage": stage, PIPELINE_TAG: pipeline, KIND_TAG: "stage",
+                  MLFLOW_SOURCE_NAME: f"stages/{stage}.py"}  # fmt: skip
     parent = None
     try:
         mlflow.set_tracking_uri(uri)
         with store_lock(uri):
             client = mlflow.MlflowClient(uri)
             experiment_id = _experiment_id(client, root, local_store=uri.startswith("sqlite:"))
-            parent = _parent_run_id(client, experiment_id, pipeline, tags, params)
+            parent = _parent_run_id(
+                client, experiment_id, pipeline, {**tags, MLFLOW_SOURCE_NAME: "dvc.yaml"}, params
+            )
         run = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=stage,
             parent_run_id=parent,
-            tags={**tags, "dvc.stage": stage, PIPELINE_TAG: pipeline, KIND_TAG: "stage"},
+            tags={**tags, **stage_tags},
+            log_system_metrics=system_metrics,
         )
     except errors as exc:
         if parent is not None:  # the stage's run could not start: its pipeline is not running
             with contextlib.suppress(*errors):
                 client.set_terminated(parent, "FAILED")
-        raise store_error(uri, exc) from None
+        raise store_error(uri, exc, named_by_env) from None
+    current = StageRun(run)
     status = "FAILED"
     try:
         mlflow.log_params(flatten(logged_params))
-        yield run
+        if data_context:
+            log_prepared_data(params.data.dataset, data_context)
+        yield current
         ignore_stops()  # the stage's work is done: closing its run must not be cut short
         status = "FINISHED"
     except errors as exc:
-        raise store_error(uri, exc) from None
+        raise store_error(uri, exc, named_by_env) from None
     finally:
+        closed = True
         try:
             mlflow.end_run(status)
         except errors as exc:  # the store went away: the stage's outcome stands, say so
+            closed = False
             print(f"digitlab: warning: run {run.info.run_id} ({stage}) could not be closed as "
-                  f"{status}: {store_error(uri, exc)}", file=sys.stderr)  # fmt: skip
-        else:
+                  f"{status}: {store_error(uri, exc, named_by_env)}", file=sys.stderr)  # fmt: skip
+        if closed:
             _summarise_on_parent(client, parent, run.info.run_id, status)
+    if closed:  # only now: a version's source run is FINISHED
+        try:
+            register_models(client, current)
+        except errors as exc:
+            raise store_error(uri, exc, named_by_env) from None
