@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ figure { margin: 1em 0; } figcaption { color: #555; font-size: .9em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 .grid { display: flex; flex-wrap: wrap; gap: .5em; }
 .grid figure { width: 180px; margin: 0; }
+.summary { display: flex; flex-wrap: wrap; gap: 0 2.5em; align-items: flex-start; }
+.summary table.headline td + td { font-size: 1.3em; font-weight: 600; }
+.summary figure { margin: 1em 0; } .summary img { width: 360px; }
+.summary ul { padding-left: 1.2em; margin: .3em 0; } .summary li { margin: .2em 0; }
+details { margin: 1em 0; } details > summary { cursor: pointer; color: #4c72b0; }
 """
 
 
@@ -76,8 +82,48 @@ def progress_gif(frames: list[Path], out: Path, ms_per_frame: int = 600) -> None
     out.write_bytes(buffer.getvalue())
 
 
-def latest_stage_runs(pipeline: str | None = None, exp: str | None = None) -> dict[str, str]:
-    """The run id of the most recent finished MLflow run of each stage.
+# The address `make ui` serves the project's SQLite store on (the Makefile's UI_PORT default).
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def mlflow_base(tracking_uri: str) -> str:
+    """The MLflow UI's address: the tracking server itself, else the `make ui` address."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return LOCAL_UI
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The page of one run in the MLflow UI."""
+    return f"{mlflow_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@dataclass(frozen=True)
+class MlflowRuns:
+    """The MLflow runs a report links to: the latest run of each stage, the report's own run
+    and its pipeline's parent run, in experiment `experiment_id` of the store `tracking_uri`."""
+
+    tracking_uri: str
+    experiment_id: str | None = None
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> run id
+    report: str | None = None
+    pipeline: str | None = None
+
+    def url(self, run_id: str) -> str:
+        """The run's page (a run of this experiment)."""
+        return run_url(self.tracking_uri, self.experiment_id or "", run_id)
+
+    def experiment_url(self) -> str:
+        """The experiment's page: every run, pipelines with their stage runs nested."""
+        return f"{mlflow_base(self.tracking_uri)}/#/experiments/{self.experiment_id}"
+
+    def cell(self, run_id: str | None) -> str:
+        """A run id linked to its page, or 'not found'."""
+        return link(self.url(run_id), run_id) if run_id else "not found"
+
+
+def latest_stage_runs(pipeline: str | None = None, exp: str | None = None) -> MlflowRuns:
+    """The most recent finished MLflow run of each stage, and the experiment they are in.
 
     Runs of the same pipeline come first (the stages this pipeline ran itself), then runs of
     the same DVC experiment, then workspace runs (a queued experiment takes the stages it did
@@ -88,10 +134,11 @@ def latest_stage_runs(pipeline: str | None = None, exp: str | None = None) -> di
 
     from digitlab.tracking import EXPERIMENT, KIND_TAG, PIPELINE_TAG, WORKSPACE, tracking_uri
 
-    client = mlflow.MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
-        return {}
+        return MlflowRuns(uri)
     scopes = [f"tags.`{PIPELINE_TAG}` = '{pipeline}'"] if pipeline else []
     scopes += [f"tags.`dvc.exp` = '{name}'" for name in dict.fromkeys([exp, WORKSPACE]) if name]
     scopes.append("")
@@ -108,11 +155,54 @@ def latest_stage_runs(pipeline: str | None = None, exp: str | None = None) -> di
             if found:
                 runs[stage] = found[0].info.run_id
                 break
-    return runs
+    return MlflowRuns(uri, experiment.experiment_id, runs)
 
 
-def build_report(root: Path, run_ids: dict[str, str], gif: Path) -> str:
-    """The whole page as HTML text."""
+def link(url: str, text: str) -> str:
+    """An <a> element, both parts escaped."""
+    return f'<a href="{html.escape(url)}">{html.escape(text)}</a>'
+
+
+def headline_figures(cls: dict, gan: dict, digit: Any, threshold: Any) -> list[tuple[str, str]]:
+    """The summary's (label, value) rows: rates as percentages, the Fréchet ratio as a factor."""
+    rows = [("Multiclass test accuracy", f"{cls['accuracy']:.2%}")]
+    if digit != "all":
+        detector = cls["detector"]
+        rows += [
+            (f"Detector for {digit}: precision", f"{detector['precision']:.2%}"),
+            (f"Detector for {digit}: recall", f"{detector['recall']:.2%}"),
+        ]
+    judged = "some digit" if digit == "all" else f"a {digit}"
+    decent = f"GAN decent rate (judged {judged}, p ≥ {threshold})"
+    ratio = "GAN Fréchet ratio (samples to real / real to real)"
+    if not gan:
+        return [*rows, (decent, "run evaluate_gan"), (ratio, "run evaluate_gan")]
+    return [*rows, (decent, f"{gan['decent_rate']:.2%}"), (ratio, f"{gan['frechet_ratio']:.3g}×")]
+
+
+def summary_section(
+    rows: list[tuple[str, str]], samples: Path, runs: MlflowRuns, sections: dict[str, str]
+) -> str:
+    """The report's first screen: headline figures and links beside the final sample grid."""
+    figures = "".join(
+        f'<tr><td class="key">{html.escape(k)}</td><td>{html.escape(v)}</td></tr>' for k, v in rows
+    )
+    anchors = " · ".join(link(f"#{anchor}", title) for anchor, title in sections.items())
+    own = {"this pipeline's run": runs.pipeline, "this report's run": runs.report}
+    mlflow_links = [link(runs.url(run_id), label) for label, run_id in own.items() if run_id]
+    if runs.experiment_id:
+        mlflow_links.append(link(runs.experiment_url(), "every run of the experiment"))
+    mlflow_item = f"<li>In MLflow: {', '.join(mlflow_links)}</li>" if mlflow_links else ""
+    return (
+        '<h2 id="summary">Summary</h2>\n<div class="summary"><div>'
+        f'<table class="headline">{figures}</table>'
+        f"<ul><li>Details: {anchors}</li>{mlflow_item}</ul></div>"
+        f"{figure(samples, 'Final samples: 100 images of the saved generator')}</div>"
+    )
+
+
+def build_report(root: Path, runs: MlflowRuns, gif: Path) -> str:
+    """The whole page as HTML text: the summary first, the details, then the params (folded)."""
     reports = root / "reports"
     params = yaml.safe_load((root / "params.yaml").read_text())
     summary = json.loads((reports / "data/summary.json").read_text())
@@ -139,15 +229,29 @@ def build_report(root: Path, run_ids: dict[str, str], gif: Path) -> str:
         for p in progress
     )
     gan_rows = [(k, v) for k, v in gan.items() if not isinstance(v, dict)]
-    runs_rows = [(stage, run_ids.get(stage, "not found")) for stage in STAGES]
+    run_ids = [(stage, runs.stages.get(stage)) for stage in STAGES]
+    run_ids += [("report (this page)", runs.report)] if runs.report else []
+    runs_rows = "".join(
+        f'<tr><td class="key">{html.escape(label)}</td>'
+        f'<td class="key">{runs.cell(run_id)}</td></tr>'
+        for label, run_id in run_ids
+    )
+    headings = {"data": "Data", "classifier": "Classifier", "gan": "GAN",
+                "mlflow-runs": "MLflow runs", "parameters": "Parameters"}  # fmt: skip
+    threshold = params.get("gan_eval", {}).get("threshold", "?")
     sections = [
-        f"<h1>digitlab report: {params['data']['dataset']}, digit {digit}</h1>",
-        "<h2>Parameters</h2>",
-        f"<pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre>",
-        "<h2>Data</h2>",
+        f"<h1>digitlab report: {html.escape(str(params['data']['dataset']))}, "
+        f"digit {html.escape(str(digit))}</h1>",
+        summary_section(
+            headline_figures(cls, gan, digit, threshold),
+            reports / "gan/samples.png",
+            runs,
+            headings,
+        ),
+        '<h2 id="data">Data</h2>',
         frame_table(data_rows),
         figure(reports / "data/examples.png", "Training images, one row per class"),
-        "<h2>Classifier</h2>",
+        '<h2 id="classifier">Classifier</h2>',
         table([("multiclass test accuracy", cls["accuracy"]), ("test images", cls["n_test"])]),
         detector_html,
         figure(reports / "classifier/curves.png", "Loss and accuracy per epoch"),
@@ -157,21 +261,24 @@ def build_report(root: Path, run_ids: dict[str, str], gif: Path) -> str:
             "False positives and false negatives per other digit",
         ),
         figure(reports / "classifier/figures/mistakes.png", "The most confident mistakes"),
-        "<h2>GAN</h2>",
+        '<h2 id="gan">GAN</h2>',
         figure(reports / "gan/losses.png", "GAN losses and discriminator outputs"),
         "<h3>Fixed-noise samples as training goes on</h3>",
         figure(gif, "The same 100 noise vectors through training (animated)"),
         f'<div class="grid">{progress_html}</div>',
         "<h3>Final samples</h3>",
-        figure(reports / "gan/samples.png", "100 samples of the saved generator"),
+        '<p>100 samples of the saved generator: in the <a href="#summary">summary</a>.</p>',
         figure(
             reports / "gan/class_histogram.png",
             "Classes of the generated images, as the classifier sees them",
         ),
         "<h3>GAN metrics</h3>",
         table(gan_rows, ("metric", "value")) if gan_rows else "<p><em>run evaluate_gan</em></p>",
-        "<h2>MLflow runs</h2>",
-        table(runs_rows, ("stage", "run id")),
+        '<h2 id="mlflow-runs">MLflow runs</h2>',
+        f'<table><tr><th class="key">stage</th><th class="key">run id</th></tr>{runs_rows}</table>',
+        '<h2 id="parameters">Parameters</h2>',
+        "<details><summary>Parameters (params.yaml)</summary>"
+        f"<pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre></details>",
     ]
     body = "\n".join(sections)
     return (
