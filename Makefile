@@ -3,29 +3,56 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test test-fast bench lint ui system-deps clean
+.PHONY: setup lock repro test test-fast bench lint ui system-deps fashion-mnist clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly what requirements.lock pins (runtime and dev), each file checked against its hash;
+# then the project itself, editable and without dependencies (they are all in the lock).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-# Debian's Fashion-MNIST package is the offline source of Fashion-MNIST; installed only
-# when missing and we are root. Failure is not fatal: the fetch stage lists its sources.
-system-deps:
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's dataset-fashion-mnist"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-	    || echo "warning: could not install dataset-fashion-mnist"; \
+# Re-resolve pyproject.toml (dev extra included) into requirements.lock, for CPython 3.11 on
+# Linux x86_64, with the hash of every file pip may take, from the registry or from this
+# machine's wheel folders (pip's own configuration). Keeps the pins that still fit; to move
+# them all: make lock LOCK_ARGS=--upgrade, or one: LOCK_ARGS='--upgrade-package pandas'.
+# Under a minute when the pins are kept; a cold resolve took 17 minutes here. Then
+# `make setup` installs the new lock.
+lock: $(STAMP)
+	$(BIN)/pip-compile --allow-unsafe --extra=dev --generate-hashes --no-emit-find-links \
+	  --no-emit-index-url --output-file=$(LOCK) --strip-extras $(LOCK_ARGS) pyproject.toml
+
+# Debian packages, each installed only when missing and we are root (apt-get), else named
+# in a warning: dataset-fashion-mnist is the offline source of Fashion-MNIST; the tests use
+# chromium (the report and `make ui` in a browser) and postgresql (the team server's database).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+define apt-install
+	@missing=$$(for pair in $(1); do test -e "$${pair%%=*}" || echo "$${pair#*=}"; done | xargs); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's $$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+	      >/dev/null || echo "warning: could not install $$missing"; \
+	  else echo "warning: missing Debian packages: $$missing (run as root: make system-deps)"; fi; \
 	fi
+endef
+
+system-deps:
+	$(call apt-install,$(FASHION_MNIST)=dataset-fashion-mnist /usr/bin/chromium=chromium \
+	  /usr/lib/postgresql=postgresql)
+
+fashion-mnist:
+	$(call apt-install,$(FASHION_MNIST)=dataset-fashion-mnist)
 
 repro: setup
-	@if grep -Eq '^\s*dataset:\s*fashion_mnist' params.yaml; then $(MAKE) --no-print-directory system-deps; fi
+	@if grep -Eq '^\s*dataset:\s*fashion_mnist' params.yaml; then $(MAKE) --no-print-directory fashion-mnist; fi
 	$(BIN)/dvc repro
 
 # Everything (what CI runs); `make test-fast` skips the tests marked slow (end-to-end DVC runs).
