@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from digitlab.data import RAW_DIR_ENV
@@ -217,12 +218,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def mlflow_server(port: int, folder: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A real `mlflow server` on a SQLite store in `folder`, in its own session (stop())."""
+def mlflow_server(
+    port: int, folder: Path, env: dict[str, str], log: Path, store: str | None = None
+) -> subprocess.Popen:
+    """A real `mlflow server` on `store` (a SQLAlchemy URI; default a SQLite file in
+    `folder`), artifacts in `folder`/server-artifacts, in its own session (stop())."""
+    store = store or f"sqlite:///{folder / 'server.db'}"
     with log.open("w") as out:
         return subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+             "--workers", "1", "--backend-store-uri", store,
              "--artifacts-destination", str(folder / "server-artifacts")],
             cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -248,10 +253,18 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def chromium() -> str | None:
-    """The path of a Chromium-like browser, or None."""
+def skip_without(package: str) -> None:
+    """Skip the test: a Debian package it needs is missing (`make test` installs it as root)."""
+    pytest.skip(f"Debian's {package} is not installed: run `sudo make system-deps`")
+
+
+def chromium() -> str:
+    """The path of a Chromium-like browser; without one, the test is skipped."""
     names = ("chromium", "chromium-browser", "google-chrome")
-    return next((shutil.which(n) for n in names if shutil.which(n)), None)
+    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if found is None:
+        skip_without("chromium")
+    return found
 
 
 def render(page: Path, tmp: Path) -> tuple[dict, list[str]]:
