@@ -29,12 +29,14 @@ lock: $(STAMP)
 	$(BIN)/pip-compile --allow-unsafe --extra=dev --generate-hashes --no-emit-find-links \
 	  --no-emit-index-url --output-file=$(LOCK) --strip-extras $(LOCK_ARGS) pyproject.toml
 
-# Debian packages, each installed only when missing and we are root (apt-get), else named
-# in a warning: dataset-fashion-mnist is the offline source of Fashion-MNIST; the tests use
-# chromium (the report and `make ui` in a browser) and postgresql (the team server's database).
+# Debian packages, each installed when its file (a glob) is missing and we are root, else
+# named in a warning: dataset-fashion-mnist is the offline source of Fashion-MNIST; the tests
+# use chromium (the report and `make ui` in a browser) and postgresql (the team server's
+# database; a machine may have its client and not its server).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 define apt-install
-	@missing=$$(for pair in $(1); do test -e "$${pair%%=*}" || echo "$${pair#*=}"; done | xargs); \
+	@missing=$$(for pair in $(1); do ls -d $${pair%%=*} >/dev/null 2>&1 || echo "$${pair#*=}"; \
+	  done | xargs); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's $$missing"; \
@@ -46,7 +48,7 @@ endef
 
 system-deps:
 	$(call apt-install,$(FASHION_MNIST)=dataset-fashion-mnist /usr/bin/chromium=chromium \
-	  /usr/lib/postgresql=postgresql)
+	  /usr/lib/postgresql/*/bin/initdb=postgresql)
 
 fashion-mnist:
 	$(call apt-install,$(FASHION_MNIST)=dataset-fashion-mnist)
