@@ -241,6 +241,10 @@ def log_prepared_data(dataset: str, context: str) -> None:
     mlflow.log_input(data, context=context)
 
 
+# What a logged model needs to load: digitlab.models imports torch, pydantic and pyyaml.
+MODEL_REQUIREMENTS = ("torch", "pydantic", "pyyaml")
+
+
 @dataclass
 class ModelToRegister:
     """A model logged in a stage's run, registered once that run has FINISHED."""
@@ -288,16 +292,12 @@ class StageRun:
             name="model",
             signature=infer_signature(inputs, output.numpy()),
             input_example=inputs,
-            pip_requirements=pins,  # known: MLflow's inference would load the model again
+            pip_requirements=pins,  # given: inferring them loads the model again, slowly
             code_paths=[str(Path(digitlab.__file__).parent)],
         )
         run_tags = self.run.data.tags
         tags = {"git.commit": run_tags["git.commit"], "dvc.exp": run_tags["dvc.exp"], **tags}
         self.to_register.append(ModelToRegister(info.model_uri, name, alias, dict(tags)))
-
-
-# What a logged model needs to load: digitlab.models imports torch, pydantic and pyyaml.
-MODEL_REQUIREMENTS = ("torch", "pydantic", "pyyaml")
 
 
 def register_models(client: Any, stage: StageRun) -> None:
