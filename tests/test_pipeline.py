@@ -87,7 +87,8 @@ def test_second_repro_runs_nothing_fast(tiny_repo: tuple[Path, dict[str, str]]) 
     result = dvc(path, env, "repro")
     elapsed = time.perf_counter() - start
     assert ran_stages(result.stdout) == set()
-    assert elapsed < 5, f"no-op repro took {elapsed:.1f} s"
+    # About 2 s alone; the other test process may be training on the second core.
+    assert elapsed < 10, f"no-op repro took {elapsed:.1f} s"
 
 
 def test_bad_dataset_fails_in_one_line_and_keeps_data(
