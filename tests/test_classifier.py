@@ -13,7 +13,7 @@ from digitlab.inference import eval_batch, predict_logits
 from digitlab.metrics import breakdown, classifier_report, detector_metrics, mlflow_metrics
 from digitlab.models import build_classifier, load_classifier, n_parameters, save_checkpoint
 from digitlab.params import ClassifierParams
-from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier
+from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, random_shift
 from helpers import repo_params
 
 CPU = torch.device("cpu")
@@ -37,7 +37,7 @@ def splits(prepared: tuple[Path, dict]) -> dict[str, Split]:
 
 
 @pytest.mark.parametrize("loss", ["bce", "ce", "mse"])
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5", "fastcnn"])
 def test_each_arch_and_loss_learns(splits: dict[str, Split], arch: str, loss: str) -> None:
     cfg = classifier_params(arch=arch, loss=loss)
     torch.manual_seed(0)
@@ -62,6 +62,9 @@ def test_parameter_counts_of_the_labs_models() -> None:
         784 * 256 + 256 + 256 * 10 + 10
     )
     assert n_parameters(build_classifier(classifier_params(arch="lenet5").architecture())) == 61_706
+    assert n_parameters(build_classifier(classifier_params(arch="fastcnn").architecture())) == (
+        24 * 25 + 24 + 32 * 24 * 9 + 32 + 800 * 256 + 256 + 256 * 10 + 10
+    )
     lab_cnn = build_classifier(classifier_params(arch="cnn", channels=[64, 32, 32]).architecture())
     assert n_parameters(lab_cnn) == 640 + 18_464 + 9_248 + 2_890
 
@@ -137,6 +140,33 @@ def test_training_is_deterministic_and_keeps_the_best_epoch(splits: dict[str, Sp
     assert a.best_epoch == best["epoch"]
     assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
     assert a.history[-1]["val_acc"] > 0.85
+
+
+def test_random_shift_moves_each_image_within_the_bound(splits: dict[str, Split]) -> None:
+    images = splits["train"].images[:500]
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    moves = set()
+    for original, moved in zip(images, shifted, strict=True):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(torch.roll(original, (dy, dx), (1, 2))[:, 2:-2, 2:-2],
+                                moved[:, 2:-2, 2:-2])]  # fmt: skip
+        assert found, "an image was changed by more than a shift"
+        moves.update(found)
+    assert len(moves) == 25  # every offset from -2 to 2 in both directions occurs
+    again = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted, again)  # seeded
+
+
+def test_augmented_training_is_deterministic_and_learns(splits: dict[str, Split]) -> None:
+    cfg = classifier_params(arch="fastcnn", epochs=2, batch_size=128, augment__shift=2)
+    train, val = subset(splits["train"], 4000), subset(splits["val"], 1000)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = build_classifier(cfg.architecture())
+        runs.append(fit_classifier(model, train, val, cfg, seed=3, device=CPU))
+    assert runs[0].history[0]["val_acc"] == runs[1].history[0]["val_acc"] > 0.8
 
 
 def test_labs_literal_setup_whole_set_steps(splits: dict[str, Split]) -> None:

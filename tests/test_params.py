@@ -127,8 +127,21 @@ def test_networks_and_batches_too_big_for_memory_are_refused(changes: dict, expe
 
 def test_the_defaults_and_the_labs_setups_fit_in_4_gib() -> None:
     for changes in ({}, {"classifier.arch": "mlp", "classifier.batch_size": 0},
-                    {"classifier.arch": "lenet5"}, {"digit": "all"}):  # fmt: skip
+                    {"classifier.arch": "lenet5"}, {"classifier.arch": "fastcnn"},
+                    {"digit": "all"}):  # fmt: skip
         raw = raw_params()
         for key, value in changes.items():
             set_key(raw, key, value)
         check_sizes(Params.model_validate(raw), 4 * GIB)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5", "fastcnn"])
+def test_size_check_counts_each_classifiers_real_parameters(arch: str) -> None:
+    from digitlab.models import build_classifier, n_parameters
+    from digitlab.params import _classifier_sizes
+
+    raw = raw_params()
+    set_key(raw, "classifier.arch", arch)
+    cfg = Params.model_validate(raw).classifier
+    _, weights, _ = _classifier_sizes(cfg)
+    assert weights == n_parameters(build_classifier(cfg.architecture()))

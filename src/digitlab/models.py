@@ -110,12 +110,35 @@ class LeNet5(nn.Module):
         return self.body(x)
 
 
+class FastCNN(nn.Module):
+    """The two-conv net of tuomaso/train_mnist_fast: conv 24 (5×5) → pool → conv 32 (3×3) →
+    pool → 256 → 10, ReLU; 99% on MNIST after one epoch with its recipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 24, 5), nn.MaxPool2d(2), nn.ReLU(),  # 12×12
+            nn.Conv2d(24, 32, 3), nn.MaxPool2d(2), nn.ReLU(),  # 5×5
+            nn.Flatten(),
+            nn.Linear(32 * 5 * 5, 256), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(256, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def build_classifier(architecture: ClassifierArchitecture) -> nn.Module:
     """The classifier an architecture describes."""
     if architecture.arch == "mlp":
         return MLP(list(architecture.hidden), architecture.activation, architecture.dropout)
     if architecture.arch == "cnn":
         return LabCNN(list(architecture.channels))
+    if architecture.arch == "fastcnn":
+        return FastCNN()
     return LeNet5()
 
 

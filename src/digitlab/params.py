@@ -57,7 +57,7 @@ Hidden = list[Annotated[int, Field(ge=1, le=65_536)]]
 class ClassifierArchitecture(_Section):
     """The keys that shape a classifier: what its checkpoint saves and must match."""
 
-    arch: Literal["mlp", "cnn", "lenet5"]
+    arch: Literal["mlp", "cnn", "lenet5", "fastcnn"]
     hidden: Hidden = Field(min_length=1)
     activation: Activation
     dropout: float = Field(ge=0, lt=1)
@@ -65,8 +65,15 @@ class ClassifierArchitecture(_Section):
     loss: Literal["bce", "ce", "mse"]
 
 
+class AugmentParams(_Section):
+    """Augmentation of the training batches (the in-memory tensors), off at 0."""
+
+    shift: int = Field(ge=0, le=8)  # each image moved by up to `shift` pixels in x and in y
+
+
 class ClassifierParams(ClassifierArchitecture):
     optimizer: OptimizerParams
+    augment: AugmentParams
     scheduler: Literal["none", "onecycle"]
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=0)
@@ -190,6 +197,8 @@ def _classifier_sizes(c: ClassifierParams) -> tuple[str, int, int]:
         c1, c2, c3 = c.channels
         weights = 9 * (c1 + c1 * c2 + c2 * c3) + c1 + c2 + c3 + 9 * c3 * N_CLASSES + N_CLASSES
         return "classifier.channels", weights, 3 * (784 * c1 + 196 * c2 + 49 * c3) + 196 * c1
+    if c.arch == "fastcnn":
+        return "classifier.arch", 215_194, 3 * (576 * 24 + 100 * 32) + 144 * 24 + 800
     return "classifier.arch", 61_706, 3 * (784 * 6 + 100 * 16) + 400  # LeNet-5
 
 
