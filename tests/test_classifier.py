@@ -12,8 +12,8 @@ from digitlab.errors import DigitlabError
 from digitlab.inference import eval_batch, predict_logits
 from digitlab.metrics import breakdown, classifier_report, detector_metrics, mlflow_metrics
 from digitlab.models import build_classifier, load_classifier, n_parameters, save_checkpoint
-from digitlab.params import ClassifierParams
-from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, random_shift
+from digitlab.params import AugmentParams, ClassifierParams
+from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, random_affine
 from helpers import repo_params
 
 CPU = torch.device("cpu")
@@ -126,7 +126,11 @@ def test_all_digits_gives_a_detector_and_breakdown_per_digit() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{"arch": "mlp", "hidden": [64]}, {"arch": "fastcnn", "augment__shift": 2}]
+    "changes",
+    [
+        {"arch": "mlp", "hidden": [64]},
+        {"arch": "fastcnn", "augment__shift": 2, "augment__rotate": 15},
+    ],
 )
 def test_training_is_deterministic_and_keeps_the_best_epoch(
     splits: dict[str, Split], changes: dict
@@ -147,20 +151,34 @@ def test_training_is_deterministic_and_keeps_the_best_epoch(
     assert a.history[-1]["val_acc"] > 0.85
 
 
-def test_random_shift_moves_each_image_within_the_bound(splits: dict[str, Split]) -> None:
+def centre_of_mass(images: torch.Tensor) -> torch.Tensor:
+    """(y, x) centre of each image's ink, in pixels."""
+    weights = images[:, 0] / images[:, 0].sum((1, 2), keepdim=True)
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    return torch.stack([(weights * ys).sum((1, 2)), (weights * xs).sum((1, 2))], 1)
+
+
+def test_random_affine_moves_turns_and_scales_within_its_bounds(splits: dict[str, Split]) -> None:
     images = splits["train"].images[:500]
-    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
-    assert shifted.shape == images.shape
-    moves = set()
-    for original, moved in zip(images, shifted, strict=True):
-        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                 if torch.equal(torch.roll(original, (dy, dx), (1, 2))[:, 2:-2, 2:-2],
-                                moved[:, 2:-2, 2:-2])]  # fmt: skip
-        assert found, "an image was changed by more than a shift"
-        moves.update(found)
-    assert len(moves) == 25  # every offset from -2 to 2 in both directions occurs
-    again = random_shift(images, 2, torch.Generator().manual_seed(0))
-    assert torch.equal(shifted, again)  # seeded
+    rng = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    off = AugmentParams(shift=0, rotate=0, scale=0)
+    assert not off.active
+    assert torch.allclose(random_affine(images, off, rng()), images, atol=1e-5)  # identity
+    moved = random_affine(images, AugmentParams(shift=2, rotate=0, scale=0), rng())
+    assert moved.shape == images.shape and moved.min() >= 0 and moved.max() <= 1
+    offsets = (centre_of_mass(moved) - centre_of_mass(images)).abs()
+    assert offsets.max() <= 2.05 and offsets.max() > 1.8  # up to 2 pixels, and about that far
+    turned = random_affine(images, AugmentParams(shift=0, rotate=30, scale=0), rng())
+    centre = torch.tensor([13.5, 13.5])
+    radius = lambda x: (centre_of_mass(x) - centre).norm(dim=1)  # noqa: E731
+    assert torch.allclose(radius(turned), radius(images), atol=0.25)  # turned about the centre
+    assert (turned - images).abs().amax((1, 2, 3)).median() > 0.5  # most images changed much
+    ink = lambda x: x.sum((1, 2, 3))  # noqa: E731
+    grown = random_affine(images, AugmentParams(shift=0, rotate=0, scale=0.2), rng())
+    ratio = ink(grown) / ink(images)  # ink area goes with the scale squared
+    assert 0.6 < ratio.min() < 0.75 and 1.3 < ratio.max() < 1.5
+    both = AugmentParams(shift=1, rotate=10, scale=0.1)
+    assert torch.equal(random_affine(images, both, rng()), random_affine(images, both, rng()))
 
 
 def test_labs_literal_setup_whole_set_steps(splits: dict[str, Split]) -> None:

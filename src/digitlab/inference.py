@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from digitlab.models import Generator
+from digitlab.models import Generator, nhwc
 
 
 def eval_batch(device: torch.device) -> int:
@@ -24,7 +24,7 @@ def predict_logits(
     model.eval()
     fn = model.features if features else model
     size = eval_batch(device)
-    out = [fn(images[i : i + size].to(device)).cpu() for i in range(0, len(images), size)]
+    out = [fn(nhwc(images[i : i + size].to(device))).cpu() for i in range(0, len(images), size)]
     return torch.cat(out)
 
 

@@ -131,6 +131,17 @@ class FastCNN(nn.Module):
         return self.body(x)
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """The model with its conv weights in NHWC order (torch.channels_last), so that its
+    convolutions and max-pools take oneDNN's faster NHWC path on the CPU; returns it."""
+    return model.to(memory_format=torch.channels_last)
+
+
+def nhwc(images: torch.Tensor) -> torch.Tensor:
+    """An N×C×H×W batch in NHWC order, to match a channels_last model."""
+    return images.contiguous(memory_format=torch.channels_last)
+
+
 def build_classifier(architecture: ClassifierArchitecture) -> nn.Module:
     """The classifier an architecture describes."""
     if architecture.arch == "mlp":
@@ -254,7 +265,7 @@ def load_classifier(
             )
     model = build_classifier(architecture)
     _load_weights(path, model, checkpoint)
-    return model.eval(), architecture, checkpoint
+    return channels_last(model).eval(), architecture, checkpoint
 
 
 def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:

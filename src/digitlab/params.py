@@ -68,7 +68,13 @@ class ClassifierArchitecture(_Section):
 class AugmentParams(_Section):
     """Augmentation of the training batches (the in-memory tensors), off at 0."""
 
-    shift: int = Field(ge=0, le=8)  # each image moved by up to `shift` pixels in x and in y
+    shift: float = Field(ge=0, le=8)  # each image moved by up to `shift` pixels in x and in y
+    rotate: float = Field(ge=0, le=180)  # … turned by up to `rotate` degrees
+    scale: float = Field(ge=0, lt=1)  # … scaled by a factor from 1 - scale to 1 + scale
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shift or self.rotate or self.scale)
 
 
 class ClassifierParams(ClassifierArchitecture):

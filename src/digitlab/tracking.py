@@ -282,7 +282,9 @@ class StageRun:
 
         import digitlab
 
-        model, example = model.cpu().eval(), example.cpu()
+        # weights in the default (NCHW) layout: the saved archive expects contiguous tensors
+        model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+        example = example.cpu()
         with torch.inference_mode():
             output = model(example)
         inputs = example.numpy()

@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from digitlab.data import Split
 from digitlab.errors import DigitlabError
 from digitlab.inference import predict_logits
+from digitlab.models import channels_last, nhwc
 from digitlab.optim import make_optimizer
-from digitlab.params import ClassifierParams
+from digitlab.params import AugmentParams, ClassifierParams
 
 
 class TrainingDiverged(DigitlabError):
@@ -44,16 +45,24 @@ def loss_and_accuracy(
     return loss, accuracy
 
 
-def random_shift(images: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image moved by its own random whole number of pixels, -shift to shift in x and in
-    y, the border filled with zeros (background)."""
+def random_affine(
+    images: torch.Tensor, augment: AugmentParams, generator: torch.Generator
+) -> torch.Tensor:
+    """Each image turned by its own random angle (±augment.rotate degrees), scaled (±augment.scale)
+    and moved (±augment.shift pixels in x and in y) about its centre, by one affine resampling
+    (bilinear, zeros outside: background)."""
     n, _, height, width = images.shape
-    padded = F.pad(images, (shift, shift, shift, shift))
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, n, 1, 1), generator=generator).to(images.device)
-    rows = dy + torch.arange(height, device=images.device).view(1, height, 1)
-    cols = dx + torch.arange(width, device=images.device).view(1, 1, width)
-    batch = torch.arange(n, device=images.device).view(n, 1, 1)
-    return padded[batch, 0, rows, cols].unsqueeze(1)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(augment.rotate)
+    zoom = 1 + (torch.rand(n, generator=generator) * 2 - 1) * augment.scale
+    # affine_grid's coordinates run from -1 to 1 across the image: one pixel is 2 / size
+    move = (torch.rand(n, 2, generator=generator) * 2 - 1) * augment.shift
+    move = move * torch.tensor([2 / width, 2 / height])
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    theta = torch.stack(
+        [torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1
+    ).to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
 @dataclass
@@ -73,15 +82,17 @@ def fit_classifier(
     seed: int,
     device: torch.device,
     on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
+    on_step: Callable[[int, int], None] = lambda epoch, step: None,
 ) -> TrainResult:
     """Train `model` for cfg.epochs epochs; keep the weights with the best validation accuracy.
 
     Batches are cut from the tensors already in memory (no DataLoader, no per-sample work).
     batch_size 0 makes one step on the whole training set per epoch, as the labs' loop does.
+    `on_step(epoch, step)` runs after every optimizer step, `on_epoch(row)` after every epoch.
     Raises TrainingDiverged, naming the epoch, step and learning rate, on a NaN/inf loss.
     """
     generator = torch.Generator().manual_seed(seed)
-    model.to(device)
+    channels_last(model.to(device))
     images, labels = train.images.to(device), train.labels.to(device)
     n = len(labels)
     batch = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
@@ -90,7 +101,10 @@ def fit_classifier(
     scheduler = None
     if cfg.scheduler == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.optimizer.lr, total_steps=cfg.epochs * steps_per_epoch
+            optimizer,
+            max_lr=cfg.optimizer.lr,
+            total_steps=cfg.epochs * steps_per_epoch,
+            cycle_momentum=False,  # momentum / betas stay as params.yaml sets them
         )
     best: tuple[float, float] = (-1.0, 0.0)
     result = TrainResult({}, 0, [])
@@ -106,9 +120,9 @@ def fit_classifier(
         for step in range(steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
             x, y = images.index_select(0, idx), labels.index_select(0, idx)  # 3× faster than [idx]
-            if cfg.augment.shift:
-                x = random_shift(x, cfg.augment.shift, generator)
-            logits = model(x)
+            if cfg.augment.active:
+                x = random_affine(x, cfg.augment, generator)
+            logits = model(nhwc(x))
             loss = classifier_loss(logits, y, cfg.loss)
             value = loss.item()
             if not math.isfinite(value):
@@ -121,6 +135,7 @@ def fit_classifier(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            on_step(epoch, step + 1)
             loss_sum += value * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
         val_loss, val_acc = loss_and_accuracy(model, val, cfg.loss, device)
@@ -139,6 +154,6 @@ def fit_classifier(
             best = (val_acc, -val_loss)
             result.best_epoch = epoch
             result.state_dict = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             )
     return result
