@@ -112,6 +112,7 @@ RESULTS = {
     "fast_vs_tuomaso_ratio": 0.5, "fast_vs_examples_ratio": 0.05, "default_vs_examples_ratio": 0.2,
     "gan_seconds_to_frechet_2": 30.0, "gan_seconds_to_90_decent": 3.0,
     "pytorch_gan_seconds_to_frechet_2": None, "gan_vs_pytorch_gan_ratio": None,
+    "pytorch_gan_max_seconds": 90.0,
     "revisit": {"key": "digit", "value": 7, "away_s": 150.0, "back_s": 4.5, "away_ran": ["train_gan"],
                 "back_ran": []},
     "noop_repro_s": 0.8,
@@ -126,7 +127,7 @@ def test_tables_are_written_between_the_markers(tmp_path: Path) -> None:
     assert "| 99.0% test accuracy | 40.0 s | 10.0 s | 20.0 s | 200.0 s |" in table
     assert "| 99.5% test accuracy | 90.0 s | not reached in 12 s (best 99.12%) |" in table
     assert "fast recipe ÷ tuomaso: 0.50×; fast recipe ÷ pytorch/examples: 0.05×" in table
-    assert "| 30.0 s | not reached in 90 s (best 2.50) | n/a |" in table
+    assert "| 30.0 s | not reached in 90 s (best 2.50) | < 0.33× |" in table
     assert "`digit` set to 7 and back (ran no stage) | 4.5 s (150.0 s going there) |" in table
     page = tmp_path / "page.md"
     page.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
