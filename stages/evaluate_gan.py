@@ -41,11 +41,12 @@ def main() -> None:
     with stage_run("evaluate_gan", params, logged, data_context="evaluation"):
         device = pick_device()
         samples = generate(generator, cfg.num_samples, params.seed, device)
-        probs = probabilities(predict_logits(classifier, samples, device), architecture.loss)
+        probs, real_probs = (probabilities(predict_logits(classifier, images, device), architecture.loss)
+                             for images in (samples, test.images))  # fmt: skip
         features = {name: predict_logits(classifier, images, device, features=True)
                     for name, images in (("samples", samples), ("test", test.images), ("train", train.images))}  # fmt: skip
         metrics = gan_quality(
-            samples, probs, features, test.images, train.images, digits, cfg.threshold
+            samples, probs, real_probs, features, test.images, train.images, digits, cfg.threshold
         )
         write_json(REPORTS / "metrics.json", metrics)
         save_grid(samples[:100], REPORTS / "samples.png", nrow=10)
@@ -62,7 +63,8 @@ def main() -> None:
         print(f"evaluate_gan: decent {metrics['decent_rate']:.1%}, Fréchet {metrics['frechet']:.2f} "
               f"({metrics['frechet_ratio']:.1f}× the real-vs-real floor {metrics['frechet_floor']:.2f}), "
               f"diversity {metrics['diversity_ratio']:.2f}, memorised {metrics['memorised']:.1%}, "
-              f"{metrics['digits_present']} digits present")  # fmt: skip
+              f"{metrics['digits_present']} digits present, classifier score "
+              f"{metrics['classifier_score']:.2f} (real test images {metrics['classifier_score_real']:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

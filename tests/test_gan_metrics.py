@@ -11,6 +11,7 @@ import torch
 from digitlab.data import load_split
 from digitlab.metrics import (
     class_histogram,
+    classifier_score,
     frechet_distance,
     gan_quality,
     mean_pairwise_distance,
@@ -41,6 +42,17 @@ def test_distances_and_histogram_by_hand() -> None:
     assert uniform_entropy == pytest.approx(math.log2(10))
 
 
+def test_classifier_score_by_hand() -> None:
+    sure = torch.eye(10)  # each image surely one digit, all ten equally often: the maximum
+    assert classifier_score(sure) == pytest.approx(10.0)
+    assert classifier_score(sure[[3] * 10]) == pytest.approx(1.0)  # all the same digit
+    assert classifier_score(torch.full((10, 10), 0.1)) == pytest.approx(1.0)  # never sure
+    halves = torch.tensor([[0.5, 0.5] + [0.0] * 8, [0.0, 0.0, 1.0] + [0.0] * 7])
+    # p(y) = (0.25, 0.25, 0.5): KL = ln 2 for the first image and ln 2 for the second
+    assert classifier_score(halves) == pytest.approx(2.0)
+    assert classifier_score(sure * 0.3) == pytest.approx(10.0)  # sigmoid outputs: normalized
+
+
 def test_real_images_pass_as_a_perfect_generator(prepared: tuple[Path, dict]) -> None:
     """Real held-out 3s scored like samples: decent, near the floor, diverse, not memorised."""
     out, _ = prepared
@@ -53,12 +65,16 @@ def test_real_images_pass_as_a_perfect_generator(prepared: tuple[Path, dict]) ->
         "train": train.images.flatten(1),
     }
     probs = torch.nn.functional.one_hot(val.labels, 10).float()
-    metrics = gan_quality(val.images, probs, flat, test.images, train.images, [3], threshold=0.9)
+    real_probs = torch.nn.functional.one_hot(test.labels, 10).float()
+    metrics = gan_quality(
+        val.images, probs, real_probs, flat, test.images, train.images, [3], threshold=0.9
+    )
     assert metrics["decent_rate"] == 1.0 and metrics["digits_present"] == 1
     assert 0.5 < metrics["frechet_ratio"] < 3.0  # 511 vs 5,620 images: small-sample bias
     assert 0.9 < metrics["diversity_ratio"] < 1.1
     assert metrics["memorised"] < 0.15
+    assert metrics["classifier_score"] == pytest.approx(1.0) == metrics["classifier_score_real"]
     copies = train.images[:500]
-    copied = gan_quality(copies, probs[:1].repeat(500, 1), {**flat, "samples": copies.flatten(1)},
+    copied = gan_quality(copies, probs[:1].repeat(500, 1), real_probs, {**flat, "samples": copies.flatten(1)},
                          test.images, train.images, [3], threshold=0.9)  # fmt: skip
     assert copied["memorised"] == 1.0

@@ -81,7 +81,8 @@ def make_repo(root: Path, data: Data, digit: int | str, gan: bool) -> Path:
         real = {"samples": samples, "test": real_test.images[:500], "train": others}
         features = {name: data.probs(images).log() for name, images in real.items()}
         quality = gan_quality(
-            samples, data.probs(samples), features, real["test"], real["train"], params.digits,
+            samples, data.probs(samples), data.probs(real["test"]), features, real["test"],
+            real["train"], params.digits,
             params.gan_eval.threshold,
         )  # fmt: skip
         (reports / "gan/metrics.json").write_text(json.dumps(quality))

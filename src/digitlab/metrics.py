@@ -138,9 +138,21 @@ def decent_rate(probs: torch.Tensor, digits: list[int], threshold: float) -> flo
     return (probs.max(1).values >= threshold).double().mean().item()
 
 
+def classifier_score(probs: torch.Tensor) -> float:
+    """The Inception Score with the classifier as the network: exp of the mean KL divergence
+    between each image's p(y|x) and their marginal p(y). From 1 (every image judged alike, or
+    none surely) to 10 (each image surely one digit, all ten digits equally often). Sigmoid
+    outputs (bce, mse) are normalized to sum to 1 first."""
+    p = probs.double() / probs.double().sum(1, keepdim=True)
+    log_p = p.clamp_min(1e-12).log()
+    log_marginal = p.mean(0).clamp_min(1e-12).log()
+    return (p * (log_p - log_marginal)).sum(1).mean().exp().item()
+
+
 def gan_quality(
     samples: torch.Tensor,
     probs: torch.Tensor,
+    real_probs: torch.Tensor,
     features: dict[str, torch.Tensor],
     real_test: torch.Tensor,
     real_train: torch.Tensor,
@@ -155,7 +167,8 @@ def gan_quality(
     between real training and real test images. diversity_ratio: mean pairwise distance among
     samples / among real test images. memorised: share of samples whose nearest training image
     is closer than 95% of real test images are to theirs (about 5% for a generator that does
-    not copy its training images).
+    not copy its training images). classifier_score: the Inception Score with the classifier
+    (`classifier_score`), classifier_score_real: the same of the real test images (real_probs).
     """
     predicted = probs.argmax(1)
     decent = decent_rate(probs, digits, threshold)
@@ -173,6 +186,8 @@ def gan_quality(
         "frechet_ratio": frechet / floor,
         "diversity_ratio": mean_pairwise_distance(samples) / mean_pairwise_distance(real_test),
         "memorised": (sample_nn < cutoff).double().mean().item(),
+        "classifier_score": classifier_score(probs),
+        "classifier_score_real": classifier_score(real_probs),
         "predicted_digits": {str(d): n for d, n in enumerate(counts)},
         "entropy_bits": entropy,
         "digits_present": present,
