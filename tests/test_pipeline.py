@@ -279,6 +279,7 @@ def test_diverging_training_fails_cleanly_and_its_model_comes_back(
 ) -> None:
     path, env = tiny_repo
     model = (path / "models/classifier.pt").read_bytes()
+    params = (path / "params.yaml").read_text()
     set_param(path, "classifier.optimizer.name", "sgd")
     set_param(path, "classifier.optimizer.lr", 10.0)
     set_param(path, "classifier.scheduler", "none")
@@ -297,12 +298,7 @@ def test_diverging_training_fails_cleanly_and_its_model_comes_back(
         failed = [r for r in mlflow_runs(path) if r.info.run_name == "train_classifier"]
         assert failed[0].info.status == "FAILED"  # newest first
     finally:
-        for key, value in (
-            ("optimizer.name", "adam"),
-            ("optimizer.lr", 0.003),
-            ("scheduler", "onecycle"),
-        ):
-            set_param(path, f"classifier.{key}", value)
+        (path / "params.yaml").write_text(params)
     assert not changed_stages(path, env)
 
 
