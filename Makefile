@@ -7,7 +7,7 @@ LOCK := requirements.lock
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup lock repro test test-fast bench lint ui system-deps fashion-mnist clean
+.PHONY: setup lock repro test test-fast bench bench-cgan lint ui system-deps fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,11 @@ test-fast: setup
 # Time to an answer, side by side (after `make repro`): reports/bench.json, README and docs tables.
 bench: setup
 	$(BIN)/python -m benchmarks.bench
+
+# The conditional GAN on all digits next to PyTorch-GAN's cgan.py, the same seconds each
+# (after `make repro`; about 15 minutes): reports/bench_cgan.json and a table.
+bench-cgan: setup
+	$(BIN)/python -m benchmarks.cgan
 
 lint: setup
 	$(BIN)/ruff check .

@@ -14,8 +14,8 @@ from digitlab.data import load_split
 from digitlab.errors import run_main
 from digitlab.files import atomic_dir, atomic_path, write_text
 from digitlab.gan import fit_gan
-from digitlab.inference import sample_latent
-from digitlab.models import pick_device, save_checkpoint
+from digitlab.inference import requested_digits, sample_latent
+from digitlab.models import DigitFirstGenerator, pick_device, save_checkpoint
 from digitlab.plots import gan_curves, save_grid
 from digitlab.tracking import stage_run
 
@@ -41,7 +41,7 @@ def main() -> None:
             print(f"G step {step:>6}: D loss {row['d_loss']:.3f}  G loss {row['g_loss']:.3f}  "
                   f"D(x) {row['d_real']:.2f}  D(G(z)) {row['d_fake']:.2f}  {row['seconds']:.0f} s")  # fmt: skip
 
-        result = fit_gan(cfg, real.images, params.seed, device, on_log=log_row)
+        result = fit_gan(cfg, real.images, params.seed, device, real.labels, on_log=log_row)
         history = pd.DataFrame(result.history)
         extra = {
             "digit": params.digit,
@@ -53,7 +53,8 @@ def main() -> None:
                 tmp, "generator", cfg.generator_config(), result.generator, ema=cfg.ema, **extra
             )
         with atomic_path("models/discriminator.pt") as tmp:
-            save_checkpoint(tmp, "discriminator", cfg.discriminator, result.discriminator, **extra)
+            save_checkpoint(tmp, "discriminator", cfg.discriminator, result.discriminator,
+                            conditional=cfg.conditional, **extra)  # fmt: skip
         write_text(REPORTS / "history.csv", history.to_csv(index=False))
         gan_curves(history, REPORTS / "losses.png")
         with atomic_dir(REPORTS / "progress") as progress:
@@ -65,8 +66,13 @@ def main() -> None:
         mlflow.log_artifact(str(REPORTS / "losses.png"), "gan")
         latent = torch.Generator().manual_seed(params.seed)
         example = sample_latent(5, cfg.latent_size, cfg.latent, latent, torch.device("cpu"))
-        run.log_model(result.generator, GENERATOR, example, alias=f"latest-{params.data.dataset}-{params.digit}",
-                      tags={"dataset": params.data.dataset, "digit": str(params.digit)})  # fmt: skip
+        model = result.generator
+        if cfg.conditional:  # MLflow's flavour takes one tensor: the digit, then the latent vector
+            model = DigitFirstGenerator(model)
+            example = torch.cat([requested_digits(5, params.digits)[:, None].float(), example], 1)
+        kind = "conditional" if cfg.conditional else "unconditional"
+        run.log_model(model, GENERATOR, example, alias=f"latest-{params.data.dataset}-{params.digit}",
+                      tags={"dataset": params.data.dataset, "digit": str(params.digit), "kind": kind})  # fmt: skip
         state = "COLLAPSED (see the warning above)" if result.collapsed else "not collapsed"
         print(
             f"train_gan: fixed-noise diversity {result.diversity_ratio:.0%} of the real images'; {state}"

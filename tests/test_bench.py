@@ -22,9 +22,18 @@ from benchmarks.bench import (
     recipe_params,
     tuomaso_time_to_accuracy,
 )
+from benchmarks.cgan import (
+    CONDITIONAL_RECIPE,
+    CganDiscriminator,
+    CganGenerator,
+    Judge,
+    cgan_samples,
+    train_cgan,
+)
 from benchmarks.render import END, START, render, update
 from digitlab.data import Split, load_split
 from digitlab.errors import DigitlabError
+from digitlab.inference import requested_digits
 from digitlab.models import MLP, n_parameters
 from digitlab.train import fit_classifier
 from helpers import repo_params
@@ -136,3 +145,37 @@ def test_tables_are_written_between_the_markers(tmp_path: Path) -> None:
     page.write_text("no markers")
     with pytest.raises(SystemExit, match="expected one"):
         update(page, table)
+
+
+def test_pytorch_gan_cgan_recipe_trains_and_both_are_judged_alike(
+    prepared: tuple[Path, dict],
+) -> None:
+    """cgan.py's networks as published (its parameter counts), its loop for a few seconds, and
+    the judge giving real images of the digits asked for their due."""
+    assert n_parameters(CganGenerator()) == 1_511_412  # gan.py's + 10 inputs × 128 + the embedding
+    assert n_parameters(CganDiscriminator()) == 932_965
+    assert recipe_params(repo_params(), CONDITIONAL_RECIPE).gan.conditional
+    folder, _ = prepared
+    real = {name: load_split(folder, name) for name in ("test", "train")}
+    G, _, steps = train_cgan(small(real["train"], 2000), seed=0, seconds=2.0)
+    assert steps >= 5
+    asked = requested_digits(200, list(range(10)))
+    samples = cgan_samples(G, asked, seed=0)
+    assert samples.shape == (200, 1, 28, 28) and samples.min() >= 0 and samples.max() <= 1
+    torch.manual_seed(0)
+    judge_net = MLP([32], "relu", 0.0)
+    fit_classifier(judge_net, real["train"], small(real["test"], 500),
+                   recipe_params(repo_params(), {"classifier.arch": "mlp", "classifier.epochs": 1,
+                                                 "classifier.augment.shift": 0, "classifier.augment.rotate": 0,
+                                                 "classifier.augment.scale": 0}).classifier, 0,
+                   torch.device("cpu"))  # fmt: skip
+    judge = Judge(judge_net, "ce", real)
+    test = real["test"]
+    order = test.labels.argsort(stable=True)
+    as_asked = judge(test.images[order], test.labels[order])
+    assert as_asked["decent_rate"] > 0.5 and sorted(as_asked["decent_rate_per_digit"]) == [
+        str(d) for d in range(10)
+    ]
+    untrained = judge(samples, asked)
+    assert untrained["decent_rate"] < as_asked["decent_rate"]
+    assert untrained["frechet_ratio_median"] > as_asked["frechet_ratio_median"]

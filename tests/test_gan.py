@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,14 @@ from digitlab.gan import (
     collapse_check,
     ema_with_warmup,
     fit_gan,
+    fixed_digits,
     schedule,
     to_generator_range,
     total_g_steps,
     train_discriminator,
     train_generator,
 )
-from digitlab.inference import generate, sample_latent
+from digitlab.inference import generate, requested_digits, sample_latent
 from digitlab.models import Discriminator, Generator, load_generator, save_checkpoint
 from digitlab.optim import make_optimizer
 from digitlab.params import GANParams
@@ -73,6 +75,24 @@ def test_generator_mirrors_the_discriminator_and_has_the_right_shapes() -> None:
     assert out.min() >= 0 and out.max() <= 1
     uniform = sample_latent(1000, 100, "uniform", torch.Generator().manual_seed(0), CPU)
     assert uniform.min() >= -1 and uniform.max() <= 1 and uniform.min() < -0.99
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_conv_gan_mirrors_its_discriminator(every_digit: Split, conditional: bool) -> None:
+    cfg = gan_params(arch="conv", channels=[8, 16], conditional=conditional)
+    G = Generator(cfg.generator_config())
+    D = Discriminator(cfg.discriminator, conditional, [8, 16])
+    convs = [(m.in_channels, m.out_channels) for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    transposed = [(m.in_channels, m.out_channels) for m in G.modules()
+                  if isinstance(m, torch.nn.ConvTranspose2d)]  # fmt: skip
+    assert convs == [(1, 8), (8, 16)] and transposed == [(16, 8), (8, 1)]
+    labels = every_digit.labels[:8] if conditional else None
+    z = sample_latent(8, 100, "normal", torch.Generator().manual_seed(0), CPU)
+    images = G(z, labels)
+    assert images.shape == (8, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
+    assert D(images, labels).shape == (8,)
+    a, b = (fit_gan(cfg, every_digit.images[:320], 0, CPU, every_digit.labels[:320]) for _ in "ab")
+    assert [r["d_loss"] for r in a.history] == [r["d_loss"] for r in b.history]
 
 
 def test_one_d_step_lowers_d_loss_on_a_fixed_batch(threes: Split) -> None:
@@ -203,3 +223,79 @@ def test_a_generator_checkpoint_that_does_not_fit_is_refused_in_one_line(
     torch.save(checkpoint, path)
     with pytest.raises(DigitlabError, match=r"generator.pt: its saved settings are missing"):
         load_generator(path)
+
+
+# ---------------------------------------------------------------- conditional GAN
+
+
+@pytest.fixture(scope="module")
+def digits_judge(prepared: tuple[Path, dict]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A plain judge of real MNIST: the digit whose mean training image is nearest (about 80%
+    right on real test images), so the tests need no trained classifier."""
+    out, _ = prepared
+    train = load_split(out, "train")
+    means = torch.stack([train.images[train.labels == d].mean(0).flatten() for d in range(10)])
+    return lambda images: torch.cdist(images.flatten(1), means).argmin(1)
+
+
+@pytest.fixture(scope="module")
+def every_digit(prepared: tuple[Path, dict]) -> Split:
+    out, _ = prepared
+    train = load_split(out, "train")
+    return Split(train.images[:6000], train.labels[:6000])
+
+
+def test_the_digit_steers_a_conditional_generator(
+    every_digit: Split, digits_judge: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    cfg = gan_params(conditional=True, epochs=3, batch_size=64, discriminator__hidden=[256, 128])
+    result = fit_gan(cfg, every_digit.images, 0, CPU, every_digit.labels)
+    asked = requested_digits(500, list(range(10)))
+    assert torch.equal(asked.bincount(), torch.full((10,), 50))
+    images = generate(result.generator, 500, seed=1, device=CPU, labels=asked)
+    assert images.shape == (500, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+    # the same noise, another digit asked for: another image
+    other = generate(result.generator, 500, seed=1, device=CPU, labels=(asked + 1) % 10)
+    assert (images - other).abs().flatten(1).mean(1).min() > 0.01
+    agreement = (digits_judge(images) == asked).double().mean().item()
+    assert agreement > 0.3, f"samples judged as the digit asked for: {agreement:.0%} (chance: 10%)"
+    # the fixed-noise grids: one row per digit
+    assert torch.equal(fixed_digits(torch.arange(10)), torch.arange(10).repeat_interleave(10))
+    assert result.snapshots[-1][1].shape == (100, 1, 28, 28)
+
+
+def test_a_conditional_gan_is_deterministic_and_round_trips(
+    tmp_path: Path, every_digit: Split
+) -> None:
+    cfg = gan_params(conditional=True)
+    images, labels = every_digit.images[:640], every_digit.labels[:640]
+    a = fit_gan(cfg, images, 5, CPU, labels)
+    b = fit_gan(cfg, images, 5, CPU, labels)
+    assert [r["g_loss"] for r in a.history] == [r["g_loss"] for r in b.history]
+    path = tmp_path / "generator.pt"
+    save_checkpoint(path, "generator", cfg.generator_config(), a.generator, digit="all")
+    rebuilt, _ = load_generator(path, conditional=True)
+    asked = requested_digits(20, [2, 7])
+    assert asked.tolist() == [2] * 10 + [7] * 10
+    assert torch.equal(
+        generate(rebuilt, 20, 1, CPU, asked), generate(b.generator, 20, 1, CPU, asked)
+    )
+    with pytest.raises(ValueError, match="trains on images with their labels"):
+        fit_gan(cfg, images, 5, CPU)
+
+
+def test_the_wrong_kind_of_generator_or_digit_is_refused_in_one_line(tmp_path: Path) -> None:
+    for conditional in (False, True):
+        cfg = gan_params(conditional=conditional)
+        G = Generator(cfg.generator_config())
+        path = tmp_path / f"{conditional}.pt"
+        save_checkpoint(path, "generator", cfg.generator_config(), G)
+        kind = "a conditional" if conditional else "an unconditional"
+        wanted = str(not conditional).lower()
+        with pytest.raises(DigitlabError, match=rf"{conditional}.pt is {kind} generator but "
+                           rf"params.yaml has gan.conditional={wanted}: run `dvc repro train_gan`"):  # fmt: skip
+            load_generator(path, conditional=not conditional)
+    with pytest.raises(DigitlabError, match=r"makes digits 0-9, not \[10\]"):
+        requested_digits(10, [3, 10])
+    with pytest.raises(DigitlabError, match="needs one requested digit per sample"):
+        generate(G, 10, 0, CPU)  # the last G is conditional

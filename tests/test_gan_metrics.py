@@ -66,15 +66,45 @@ def test_real_images_pass_as_a_perfect_generator(prepared: tuple[Path, dict]) ->
     }
     probs = torch.nn.functional.one_hot(val.labels, 10).float()
     real_probs = torch.nn.functional.one_hot(test.labels, 10).float()
-    metrics = gan_quality(
-        val.images, probs, real_probs, flat, test.images, train.images, [3], threshold=0.9
-    )
+    real = {"test": test, "train": train}
+    metrics = gan_quality(val.images, None, probs, real_probs, flat, real, [3], threshold=0.9)
     assert metrics["decent_rate"] == 1.0 and metrics["digits_present"] == 1
     assert 0.5 < metrics["frechet_ratio"] < 3.0  # 511 vs 5,620 images: small-sample bias
     assert 0.9 < metrics["diversity_ratio"] < 1.1
     assert metrics["memorised"] < 0.15
     assert metrics["classifier_score"] == pytest.approx(1.0) == metrics["classifier_score_real"]
     copies = train.images[:500]
-    copied = gan_quality(copies, probs[:1].repeat(500, 1), real_probs, {**flat, "samples": copies.flatten(1)},
-                         test.images, train.images, [3], threshold=0.9)  # fmt: skip
+    copied = gan_quality(copies, None, probs[:1].repeat(500, 1), real_probs,
+                         {**flat, "samples": copies.flatten(1)}, real, [3], threshold=0.9)  # fmt: skip
     assert copied["memorised"] == 1.0
+
+
+def test_real_images_of_every_digit_pass_as_a_perfect_conditional_generator(
+    prepared: tuple[Path, dict],
+) -> None:
+    """Real held-out images of all ten digits, each 'asked for' as its own digit: decent for
+    every digit, near each digit's floor; asked for as the next digit: never decent."""
+    out, _ = prepared
+    real = {"test": load_split(out, "test"), "train": load_split(out, "train")}
+    val = load_split(out, "val")
+    means = torch.stack(
+        [real["train"].images[real["train"].labels == d].mean(0) for d in range(10)]
+    )
+    judge = lambda images: torch.softmax(-torch.cdist(images.flatten(1), means.flatten(1)), 1)  # noqa: E731
+    features = {name: images.flatten(1)[:, ::8] for name, images in
+                (("samples", val.images), ("test", real["test"].images), ("train", real["train"].images))}  # fmt: skip
+    probs = torch.nn.functional.one_hot(val.labels, 10).float()
+    metrics = gan_quality(val.images, val.labels, probs, judge(real["test"].images), features,
+                          real, list(range(10)), threshold=0.9)  # fmt: skip
+    assert metrics["decent_rate"] == 1.0 == metrics["decent_rate_worst"]
+    per_digit = metrics["per_digit"]
+    assert sorted(per_digit) == [str(d) for d in range(10)]
+    shares = torch.tensor([row["share"] for row in per_digit.values()], dtype=torch.float64)
+    assert torch.allclose(shares, val.labels.bincount().double() / len(val))
+    assert all(0.5 < row["frechet_ratio"] < 3.0 for row in per_digit.values())  # ~500 vs ~5,500
+    assert 0.5 < metrics["frechet_ratio_median"] < 3.0
+    assert metrics["memorised"] < 0.15
+    wrong = gan_quality(val.images, (val.labels + 1) % 10, probs, probs, features, real,
+                        list(range(10)), threshold=0.9)  # fmt: skip
+    assert wrong["decent_rate"] == 0.0 == wrong["decent_rate_worst"]
+    assert wrong["frechet_ratio_median"] > 3 * metrics["frechet_ratio_median"]

@@ -52,6 +52,7 @@ def test_repo_params_load() -> None:
         ("classifier.augment.scale", 1, "less than 1"),
         ("classifier.augment.shift", "2", "valid number"),
         ("gan.optimizer_g.betas", [0.5], "at least 2 items"),
+        ("gan.conditional", "yes", "valid boolean"),
         ("gan.generator.hidden", [10_000_000], "a list of sizes 1-65536"),
     ],
 )

@@ -78,12 +78,13 @@ def make_repo(root: Path, data: Data, digit: int | str, gan: bool) -> Path:
         noise = torch.rand((300, 1, 28, 28), generator=torch.Generator().manual_seed(0))
         samples = (real_train.images[-300:] + 0.3 * noise).clamp(0, 1)
         others = real_train.images[:-300][:2000]  # training images the samples were not made of
-        real = {"samples": samples, "test": real_test.images[:500], "train": others}
-        features = {name: data.probs(images).log() for name, images in real.items()}
+        real = {"test": Split(real_test.images[:500], real_test.labels[:500]),
+                "train": Split(others, real_train.labels[:-300][:2000])}  # fmt: skip
+        images = {"samples": samples, **{name: split.images for name, split in real.items()}}
+        features = {name: data.probs(batch).log() for name, batch in images.items()}
         quality = gan_quality(
-            samples, data.probs(samples), data.probs(real["test"]), features, real["test"],
-            real["train"], params.digits,
-            params.gan_eval.threshold,
+            samples, None, data.probs(samples), data.probs(images["test"]), features, real,
+            params.digits, params.gan_eval.threshold,
         )  # fmt: skip
         (reports / "gan/metrics.json").write_text(json.dumps(quality))
         save_grid(samples[:100], reports / "gan/samples.png", nrow=10)
@@ -125,7 +126,8 @@ def headline(page: str) -> list[tuple[str, float]]:
     table = re.search(r'<table class="headline">(.*?)</table>', page, re.S).group(1)
     rows = re.findall(r'<tr><td class="key">(.*?)</td><td>(.*?)</td></tr>', table)
     rows = [(html.unescape(label), html.unescape(value)) for label, value in rows]
-    return [(label, float(value[:-1]) / (100 if value[-1] == "%" else 1)) for label, value in rows]
+    return [(label, float(value.rstrip("%×")) / (100 if value[-1] == "%" else 1))
+            for label, value in rows]  # fmt: skip
 
 
 # ---------------------------------------------------------------- layout and figures
@@ -145,13 +147,18 @@ def test_summary_comes_first_with_the_figures_of_the_metrics_files(
         expected += [("precision", cls["detector"]["precision"]),
                      ("recall", cls["detector"]["recall"])]  # fmt: skip
     expected += [("decent rate", gan["decent_rate"]), ("Fréchet ratio", gan["frechet_ratio"])]
+    if digit == "all":  # grouped by the digit the classifier sees (an unconditional GAN)
+        expected += [("worst digit (seen): decent rate", gan["decent_rate_worst"]),
+                     ("median per-digit Fréchet ratio", gan["frechet_ratio_median"]),
+                     ("classifier score", gan["classifier_score"])]  # fmt: skip
     rows = headline(page)
     assert len(rows) == len(expected)
     for (label, value), (word, truth) in zip(rows, expected, strict=True):
         assert word in label
-        # shown as 12.34% (to 0.00005) or as 1.23× (3 significant digits)
-        assert value == (pytest.approx(truth, abs=5e-5) if word != "Fréchet ratio"
-                         else pytest.approx(truth, rel=5e-3))  # fmt: skip
+        if "Fréchet ratio" in word:  # shown as 1.23×: 3 significant digits
+            assert value == pytest.approx(truth, rel=5e-3)
+        else:  # 12.34% (to 0.00005), a score as 9.87
+            assert value == pytest.approx(truth, abs=5e-3 if "score" in word else 5e-5)
 
     # Summary (its table, the final grid, its links), then the details, the params last
     samples = root / "reports/gan/samples.png"
@@ -166,6 +173,8 @@ def test_summary_comes_first_with_the_figures_of_the_metrics_files(
     anchors = re.findall(r'href="#([^"]+)"', summary)
     assert set(anchors) == {"data", "classifier", "gan", "mlflow-runs", "parameters"}
     assert all(f'id="{anchor}"' in page for anchor in anchors)
+    per_digit = "<h3>Per digit (samples grouped by the digit the classifier sees)</h3>"
+    assert (per_digit in page) == (digit == "all")
 
 
 def test_params_are_folded_at_the_end(repo: Repo) -> None:

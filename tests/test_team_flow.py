@@ -154,6 +154,14 @@ def finished(clone: Path) -> set[str]:
     return {ref.rsplit("/", 1)[1] for ref in refs}
 
 
+def queue_logs(clone: Path, env: dict[str, str], names: list[str]) -> str:
+    """The end of `dvc queue logs` of each named experiment: why it failed."""
+    logs = [dvc(clone, env, "queue", "logs", name, check=False) for name in names]
+    return "\n".join(
+        f"--- {n}:\n{(r.stdout + r.stderr)[-3000:]}" for n, r in zip(names, logs, strict=True)
+    )
+
+
 def wait_for_sweeps(team: Team, server: Server, timeout: float = 900) -> None:
     """Wait until every queued experiment of both clones succeeded: cheap Git look-ups often,
     `dvc queue status` (seconds of CPU) now and then to fail fast on a failed one."""
@@ -169,7 +177,10 @@ def wait_for_sweeps(team: Team, server: Server, timeout: float = 900) -> None:
             checked = time.monotonic()
             for who, names in pending.items():
                 status = queue_status(team.clones[who], team.env) if names else {}
-                assert not {n for n in names if status.get(n) == "Failed"}, f"{who}: {status}"
+                failed = sorted(n for n in names if status.get(n) == "Failed")
+                assert not failed, f"{who}: {status}\n" + queue_logs(
+                    team.clones[who], team.env, failed
+                )
     for who, clone in team.clones.items():  # its commit made, a task still tidies up
         while (status := queue_status(clone, team.env)) and {"Queued", "Running"} & set(
             status.values()
@@ -189,8 +200,13 @@ def team(
     queues at once, one worker each) logging to the server, and pushed their experiments."""
     seed, env = tiny_repo
     folder = tmp_path_factory.mktemp("team")
+    # Stages fail on a server that is silent for 10 s (test_reliability proves it); here two
+    # queue workers, the server and PostgreSQL share a busy machine, so a slow answer is waited for.
+    patient = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
     team = Team(
-        folder / "origin.git", folder / "dvc-storage", {**env, "MLFLOW_TRACKING_URI": server.uri}
+        folder / "origin.git",
+        folder / "dvc-storage",
+        {**env, "MLFLOW_TRACKING_URI": server.uri, **patient},
     )
     with phase("baseline pushed to the shared Git and DVC remotes"):
         git(folder, "init", "-q", "--bare", "-b", "main", str(team.origin))

@@ -43,14 +43,19 @@ class StepStats:
 
 
 def train_discriminator(
-    D: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor
+    D: nn.Module,
+    opt: torch.optim.Optimizer,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    digits: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> StepStats:
     """One D step: real images labelled 1, detached fakes labelled 0, BCE on logits summed
     over the two halves as the labs do (loss = BCE(real) + BCE(fake)). Both halves go through
-    D in one batch: the same loss and gradients as two passes, at half the per-op overhead."""
+    D in one batch: the same loss and gradients as two passes, at half the per-op overhead.
+    A conditional D also gets the digits of (the real images, the fakes)."""
     opt.zero_grad(set_to_none=True)
     n = len(real)
-    logits = D(torch.cat([real, fake.detach()]))
+    logits = D(torch.cat([real, fake.detach()]), torch.cat(digits) if digits else None)
     targets = torch.cat([logits.new_ones(n), logits.new_zeros(len(fake))])
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / n
     loss.backward()
@@ -59,13 +64,19 @@ def train_discriminator(
     return StepStats(loss.item(), probs[:n].mean().item(), probs[n:].mean().item())
 
 
-def train_generator(D: nn.Module, opt: torch.optim.Optimizer, fake: torch.Tensor) -> StepStats:
-    """One G step: the fakes (still attached to G's graph) scored by D as if they were real.
-    D's weights are frozen meanwhile, so backward skips the gradients only D would need."""
+def train_generator(
+    D: nn.Module,
+    opt: torch.optim.Optimizer,
+    fake: torch.Tensor,
+    fake_digits: torch.Tensor | None = None,
+) -> StepStats:
+    """One G step: the fakes (still attached to G's graph, of the digits `fake_digits` for a
+    conditional GAN) scored by D as if they were real. D's weights are frozen meanwhile, so
+    backward skips the gradients only D would need."""
     opt.zero_grad(set_to_none=True)
     D.requires_grad_(False)
     try:
-        logits = D(fake)
+        logits = D(fake, fake_digits)
         loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         loss.backward()
     finally:
@@ -164,24 +175,36 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def fixed_digits(digits: torch.Tensor, n: int = FIXED_NOISE) -> torch.Tensor:
+    """The digits of the n fixed-noise samples: equal blocks in order, so a 10-wide grid of
+    100 samples of all ten digits has one row per digit."""
+    return digits[torch.arange(n) * len(digits) // n]
+
+
 def fit_gan(
     settings: GANParams,
     real_images: torch.Tensor,
     seed: int,
     device: torch.device,
+    labels: torch.Tensor | None = None,
     on_log: Callable[[dict[str, float]], None] = lambda row: None,
     on_snapshot: Callable[[int, Generator], None] = lambda g_step, saved: None,
 ) -> GANResult:
-    """Train G against D on `real_images` ([0, 1], N×1×28×28) following `schedule(settings)`.
+    """Train G against D on `real_images` ([0, 1], N×1×28×28) following `schedule(settings)`;
+    a conditional GAN (settings.conditional) also takes their digits, `labels`, and asks G
+    for digits drawn evenly from those present.
 
     The saved generator is an exponential moving average of G's weights when settings.ema > 0.
     `on_log` gets a history row every epoch / round; `on_snapshot` gets (G step, the generator
     that would be saved) at each of the settings.snapshots fixed-noise snapshots.
     """
+    if settings.conditional and (labels is None or len(labels) != len(real_images)):
+        raise ValueError("a conditional GAN trains on images with their labels")
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     G = Generator(settings.generator_config()).to(device)
-    D = Discriminator(settings.discriminator).to(device)
+    channels = list(settings.channels) if settings.arch == "conv" else None
+    D = Discriminator(settings.discriminator, settings.conditional, channels).to(device)
     opt_g = make_optimizer(settings.optimizer_g, G.parameters())
     opt_d = make_optimizer(settings.optimizer_d, D.parameters())
     ema = None
@@ -191,6 +214,10 @@ def fit_gan(
     real = to_generator_range(real_images, G.config.output).to(device)
     batch = min(settings.batch_size, len(real))
     fixed = sample_latent(FIXED_NOISE, settings.latent_size, settings.latent, rng, device)
+    if settings.conditional:
+        real_digits = labels.to(device)  # type: ignore[union-attr]
+        present = real_digits.unique()
+    fixed_labels = fixed_digits(present) if settings.conditional else None
     total = total_g_steps(settings, len(real))
     log_every = len(real) // batch if settings.schedule == "epochs" else settings.g_steps
     snapshot_at = {round(total * (i + 1) / settings.snapshots) for i in range(settings.snapshots)}
@@ -202,12 +229,17 @@ def fit_gan(
     D.train()
     for step in schedule(settings, len(real), rng):
         z = sample_latent(batch, settings.latent_size, settings.latent, rng, device)
+        fake_digits = None
+        if settings.conditional:
+            fake_digits = present[torch.randint(len(present), (batch,), generator=rng).to(device)]
         with torch.set_grad_enabled(step.train_g):  # a D-only step needs no graph through G
-            fake = G(z)
+            fake = G(z, fake_digits)
 
         # (1) Update D: real images → 1, fakes → 0
         if step.real is not None:
-            d = train_discriminator(D, opt_d, real[step.real.to(device)], fake)
+            idx = step.real.to(device)
+            digits = (real_digits[idx], fake_digits) if settings.conditional else None
+            d = train_discriminator(D, opt_d, real[idx], fake, digits)
             _check_finite(d, "discriminator", g_step, settings)
             losses["d_loss"].append(d.loss)
             losses["d_real"].append(d.d_real)
@@ -216,7 +248,7 @@ def fit_gan(
             continue
 
         # (2) Update G: fakes scored by D as if they were real
-        g = train_generator(D, opt_g, fake)
+        g = train_generator(D, opt_g, fake, fake_digits)
         g_step += 1
         progress.update()
         _check_finite(g, "generator", g_step, settings)
@@ -224,7 +256,7 @@ def fit_gan(
         if ema is not None:
             ema.update_parameters(G)
         if g_step in snapshot_at:
-            result.snapshots.append((g_step, sample_images(saved, fixed)))
+            result.snapshots.append((g_step, sample_images(saved, fixed, fixed_labels)))
             on_snapshot(g_step, saved)
         if g_step % log_every == 0 or g_step == total:
             means = {k: _mean(v) for k, v in losses.items()}
@@ -233,7 +265,7 @@ def fit_gan(
             on_log(row)
             losses = {k: [] for k in losses}
     progress.close()
-    final = sample_images(saved, fixed)
+    final = sample_images(saved, fixed, fixed_labels)
     result.diversity_ratio, result.collapsed = collapse_check(final, real_images)
     return result
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from digitlab.errors import DigitlabError
 from digitlab.models import Generator, nhwc
+from digitlab.params import N_CLASSES
 
 
 def eval_batch(device: torch.device) -> int:
@@ -47,25 +49,49 @@ def to_unit_range(images: torch.Tensor, output: str) -> torch.Tensor:
     return (images + 1) / 2 if output == "tanh" else images
 
 
+def requested_digits(n: int, digits: list[int]) -> torch.Tensor:
+    """n labels, an equal share (± 1) for each digit asked for, in blocks: digits[0] first."""
+    bad = [d for d in digits if not (type(d) is int and 0 <= d < N_CLASSES)]
+    if bad or not digits:
+        raise DigitlabError(f"a conditional generator makes digits 0-9, not {bad or digits}")
+    return torch.tensor(digits)[torch.arange(n) * len(digits) // n]
+
+
 @torch.inference_mode()
-def sample_images(G: Generator, z: torch.Tensor) -> torch.Tensor:
-    """Generator samples for latent batch z, in eval mode, as [0, 1] images on the CPU."""
+def sample_images(
+    G: Generator, z: torch.Tensor, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Generator samples for latent batch z (and digits `labels` for a conditional one), in
+    eval mode, as [0, 1] images on the CPU."""
     was_training = G.training
     G.eval()
-    images = to_unit_range(G(z), G.config.output).clamp(0, 1).cpu()
+    labels = labels.to(z.device) if labels is not None else None
+    images = to_unit_range(G(z, labels), G.config.output).clamp(0, 1).cpu()
     G.train(was_training)
     return images
 
 
 def generate(
-    G: Generator, n: int, seed: int, device: torch.device, batch: int = 2000
+    G: Generator,
+    n: int,
+    seed: int,
+    device: torch.device,
+    labels: torch.Tensor | None = None,
+    batch: int = 2000,
 ) -> torch.Tensor:
-    """n fresh samples ([0, 1], N×1×28×28) from a seeded latent draw."""
+    """n fresh samples ([0, 1], N×1×28×28) from a seeded latent draw; a conditional
+    generator makes the digits `labels` (see requested_digits)."""
+    if G.config.conditional and (labels is None or len(labels) != n):
+        raise DigitlabError("a conditional generator needs one requested digit per sample")
     rng = torch.Generator().manual_seed(seed)
     G = G.to(device)
     latent = G.config.latent_size, G.config.latent
     chunks = [
-        sample_images(G, sample_latent(min(batch, n - i), *latent, rng, device))
+        sample_images(
+            G,
+            sample_latent(min(batch, n - i), *latent, rng, device),
+            labels[i : i + batch] if G.config.conditional else None,
+        )
         for i in range(0, n, batch)
     ]
     return torch.cat(chunks)

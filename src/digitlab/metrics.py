@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pandas as pd
 import torch
 
+from digitlab.data import Split
 from digitlab.models import N_CLASSES
 
 
@@ -149,46 +152,105 @@ def classifier_score(probs: torch.Tensor) -> float:
     return (p * (log_p - log_marginal)).sum(1).mean().exp().item()
 
 
+def per_digit_quality(
+    groups: torch.Tensor,
+    probs: torch.Tensor,
+    features: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    digits: list[int],
+    threshold: float,
+) -> dict[str, dict[str, float | None]]:
+    """For each digit k, the samples of group k (the digit asked for, or the digit the
+    classifier sees): their share, the share given k with probability ≥ threshold, and the
+    Fréchet distance of their features to the real test images of k over k's own floor (real
+    training images of k against real test images of k). None where a group has under 2
+    samples."""
+    table: dict[str, dict[str, float | None]] = {}
+    for k in digits:
+        mine = groups == k
+        test, train = (features[s][labels[s] == k] for s in ("test", "train"))
+        floor = frechet_distance(train, test)
+        row: dict[str, float | None] = {"share": mine.double().mean().item(), "decent_rate": None,
+                                        "frechet": None, "frechet_floor": floor, "frechet_ratio": None}  # fmt: skip
+        if int(mine.sum()) >= 2:
+            frechet = frechet_distance(features["samples"][mine], test)
+            row.update(decent_rate=(probs[mine, k] >= threshold).double().mean().item(),
+                       frechet=frechet, frechet_ratio=frechet / floor)  # fmt: skip
+        table[str(k)] = row
+    return table
+
+
 def gan_quality(
     samples: torch.Tensor,
+    requested: torch.Tensor | None,
     probs: torch.Tensor,
     real_probs: torch.Tensor,
     features: dict[str, torch.Tensor],
-    real_test: torch.Tensor,
-    real_train: torch.Tensor,
+    real: dict[str, Split],
     digits: list[int],
     threshold: float,
 ) -> dict:
     """The GAN's metrics with the classifier as judge.
 
-    decent_rate: share of samples given the chosen digit (any digit with `digit: all`) with
-    probability ≥ threshold. frechet: Fréchet distance between the classifier's penultimate
-    features of samples and of real test images of the digit(s); frechet_floor: the same
-    between real training and real test images. diversity_ratio: mean pairwise distance among
-    samples / among real test images. memorised: share of samples whose nearest training image
-    is closer than 95% of real test images are to theirs (about 5% for a generator that does
-    not copy its training images). classifier_score: the Inception Score with the classifier
-    (`classifier_score`), classifier_score_real: the same of the real test images (real_probs).
+    decent_rate: share of samples given the digit asked for (`requested`, a conditional
+    generator) or the chosen digit (any digit with `digit: all`) with probability ≥ threshold.
+    frechet: Fréchet distance between the classifier's penultimate features of samples and of
+    real test images of the digit(s); frechet_floor: the same between real training and real
+    test images. diversity_ratio: mean pairwise distance among samples / among real test
+    images. memorised: share of samples whose nearest training image of their digit is closer
+    than 95% of real test images are to theirs (about 5% for a generator that does not copy its
+    training images). classifier_score(_real): the Inception Score with the classifier of the
+    samples (of the real test images). per_digit: per_digit_quality, grouped by the digit asked
+    for, else by the digit the classifier sees; with its worst decent rate and median ratio.
     """
     predicted = probs.argmax(1)
-    decent = decent_rate(probs, digits, threshold)
+    if requested is not None:
+        groups = requested
+    else:  # one digit: every sample is meant to be it
+        groups = predicted if len(digits) > 1 else torch.full_like(predicted, digits[0])
+    if requested is not None:
+        decent = (probs.gather(1, requested[:, None]) >= threshold).double().mean().item()
+    else:
+        decent = decent_rate(probs, digits, threshold)
     counts, entropy, present = class_histogram(predicted)
+    test, train = real["test"], real["train"]
+    labels = {"test": test.labels, "train": train.labels}
+    per_digit = per_digit_quality(groups, probs, features, labels, digits, threshold)
+    rated = [row for row in per_digit.values() if row["frechet_ratio"] is not None]
     frechet = frechet_distance(features["samples"], features["test"])
     floor = frechet_distance(features["train"], features["test"])
-    test_nn = nearest_distances(real_test, real_train)
-    cutoff = test_nn.quantile(MEMORISATION_QUANTILE).item()
-    sample_nn = nearest_distances(samples, real_train)
+    memorised = 0
+    for k in digits:  # nearest training image of the same digit
+        test_nn = nearest_distances(test.images[test.labels == k], train.images[train.labels == k])
+        sample_nn = nearest_distances(samples[groups == k], train.images[train.labels == k])
+        memorised += int((sample_nn < test_nn.quantile(MEMORISATION_QUANTILE)).sum())
     return {
         "num_samples": len(samples),
         "decent_rate": decent,
+        "decent_rate_worst": min((row["decent_rate"] for row in rated), default=0.0),
         "frechet": frechet,
         "frechet_floor": floor,
         "frechet_ratio": frechet / floor,
-        "diversity_ratio": mean_pairwise_distance(samples) / mean_pairwise_distance(real_test),
-        "memorised": (sample_nn < cutoff).double().mean().item(),
+        "frechet_ratio_median": statistics.median(row["frechet_ratio"] for row in rated)
+        if rated
+        else None,
+        "diversity_ratio": mean_pairwise_distance(samples) / mean_pairwise_distance(test.images),
+        "memorised": memorised / len(samples),
         "classifier_score": classifier_score(probs),
         "classifier_score_real": classifier_score(real_probs),
         "predicted_digits": {str(d): n for d, n in enumerate(counts)},
         "entropy_bits": entropy,
         "digits_present": present,
+        "per_digit": per_digit,
     }
+
+
+def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+    """Numeric metrics as MLflow names, nested blocks joined: {prefix}/per_digit/3/decent_rate."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{prefix}/{key}"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}/{key}"] = float(value)
+    return flat

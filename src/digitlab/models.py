@@ -155,43 +155,103 @@ def build_classifier(architecture: ClassifierArchitecture) -> nn.Module:
 
 class Generator(nn.Module):
     """latent → hidden… → 784, each hidden layer Linear [→ BatchNorm] → activation [→ dropout];
-    output tanh (images in [-1, 1]) or sigmoid ([0, 1]), shaped N×1×28×28."""
+    output tanh (images in [-1, 1]) or sigmoid ([0, 1]), shaped N×1×28×28. With conv channels
+    (c1, c2) it mirrors the conv discriminator instead: latent → Linear to c2×7×7 → transposed
+    conv to c1×14×14 → transposed conv to 1×28×28 (DCGAN's generator, two layers). A
+    conditional one takes the digit too: a learned embedding of it (ten numbers) joins the
+    latent vector, as in PyTorch-GAN's cgan.py."""
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
+        self.label_embedding = nn.Embedding(N_CLASSES, N_CLASSES) if config.conditional else None
+        n_in = config.latent_size + (N_CLASSES if config.conditional else 0)
+        output = nn.Tanh() if config.output == "tanh" else nn.Sigmoid()
+        if config.channels:
+            c1, c2 = config.channels
+            self.project = nn.Sequential(nn.Linear(n_in, c2 * 49), *self._after(c2 * 49, 1))
+            self.net = nn.Sequential(
+                nn.Unflatten(1, (c2, 7, 7)),
+                nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), *self._after(c1, 2),  # 14×14
+                nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1), output,  # 28×28
+            )  # fmt: skip
+            return
         layers: list[nn.Module] = []
-        n_in = config.latent_size
         for n_out in config.hidden:
-            layers.append(nn.Linear(n_in, n_out))
-            if config.batchnorm:
-                layers.append(nn.BatchNorm1d(n_out))
-            layers.append(activation(config.activation))
-            if config.dropout > 0:
-                layers.append(nn.Dropout(config.dropout))
+            layers += [nn.Linear(n_in, n_out), *self._after(n_out, 1)]
             n_in = n_out
-        layers += [
-            nn.Linear(n_in, IMAGE_PIXELS),
-            nn.Tanh() if config.output == "tanh" else nn.Sigmoid(),
-        ]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers, nn.Linear(n_in, IMAGE_PIXELS), output)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def _after(self, features: int, dims: int) -> list[nn.Module]:
+        """[BatchNorm →] activation [→ dropout], after a layer of 1-d or 2-d outputs."""
+        norm = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(features)
+        dropout = [nn.Dropout(self.config.dropout)] if self.config.dropout > 0 else []
+        batchnorm = [norm] if self.config.batchnorm else []
+        return [*batchnorm, activation(self.config.activation), *dropout]
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label_embedding is not None:
+            z = torch.cat([z, self.label_embedding(_needed(labels))], 1)
+        if self.config.channels:
+            return self.net(self.project(z))
         return self.net(z).view(-1, *IMAGE_SHAPE)
 
 
 class Discriminator(nn.Module):
-    """784 → hidden… → 1 logit (the sigmoid lives in the BCE-with-logits loss)."""
+    """784 → hidden… → 1 logit (the sigmoid lives in the BCE-with-logits loss). With conv
+    channels (c1, c2): two 4×4 stride-2 convolutions, 28×28 → c1×14×14 → c2×7×7, then one
+    Linear to the logit (DCGAN's discriminator, two layers). A conditional one is a projection
+    discriminator (Miyato & Koyama, 2018): the logit gains the dot product of its last hidden
+    features with a learned vector for the image's digit."""
 
-    def __init__(self, settings: DiscriminatorParams) -> None:
+    def __init__(
+        self,
+        settings: DiscriminatorParams,
+        conditional: bool = False,
+        channels: list[int] | None = None,
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(), *mlp_layers([IMAGE_PIXELS, *settings.hidden], settings.activation,
-                                      settings.dropout, 1)
-        )  # fmt: skip
+        act, dropout = settings.activation, settings.dropout
+        drop = [nn.Dropout(dropout)] if dropout > 0 else []
+        if channels:
+            c1, c2 = channels
+            self.body = nn.Sequential(
+                nn.Conv2d(1, c1, 4, stride=2, padding=1), activation(act), *drop,  # 14×14
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1), activation(act), *drop,  # 7×7
+                nn.Flatten(),
+            )  # fmt: skip
+            n_features = c2 * 7 * 7
+            self.head = nn.Linear(n_features, 1)
+        else:
+            *hidden, self.head = mlp_layers([IMAGE_PIXELS, *settings.hidden], act, dropout, 1)
+            self.body = nn.Sequential(nn.Flatten(), *hidden)
+            n_features = settings.hidden[-1]
+        self.projection = nn.Embedding(N_CLASSES, n_features) if conditional else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.body(x)
+        logit = self.head(features).squeeze(1)
+        if self.projection is None:
+            return logit
+        return logit + (self.projection(_needed(labels)) * features).sum(1)
+
+
+def _needed(labels: torch.Tensor | None) -> torch.Tensor:
+    if labels is None:
+        raise ValueError("a conditional GAN network needs the digits (labels) of its images")
+    return labels
+
+
+class DigitFirstGenerator(nn.Module):
+    """A conditional generator behind one input tensor, for MLflow's model flavour: column 0
+    holds the digit, the rest the latent vector."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.generator(inputs[:, 1:], inputs[:, 0].long())
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -268,10 +328,21 @@ def load_classifier(
     return channels_last(model).eval(), architecture, checkpoint
 
 
-def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:
-    """Rebuild a saved generator (its settings in `.config`); returns (generator, checkpoint)."""
+def load_generator(
+    path: str | Path, conditional: bool | None = None
+) -> tuple[Generator, dict[str, Any]]:
+    """Rebuild a saved generator (its settings in `.config`); returns (generator, checkpoint).
+    With `conditional` (params.yaml's gan.conditional), a generator of the other kind fails
+    with one line."""
     checkpoint = load_checkpoint(path, "generator")
-    generator = Generator(_saved_config(path, checkpoint, GeneratorConfig))
+    config = _saved_config(path, checkpoint, GeneratorConfig)
+    if conditional is not None and config.conditional != conditional:
+        kinds = {True: "a conditional", False: "an unconditional"}
+        raise DigitlabError(
+            f"{path} is {kinds[config.conditional]} generator but params.yaml has "
+            f"gan.conditional={str(conditional).lower()}: run `dvc repro train_gan`"
+        )
+    generator = Generator(config)
     _load_weights(path, generator, checkpoint)
     return generator, checkpoint
 

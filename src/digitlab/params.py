@@ -128,9 +128,14 @@ class GeneratorConfig(_Section):
     dropout: float = Field(ge=0, lt=1)
     batchnorm: bool
     output: Literal["tanh", "sigmoid"]
+    conditional: bool = False  # takes the digit too (checkpoints from before it lack the key)
+    channels: list[Annotated[int, Field(ge=1)]] | None = None  # conv: (c1, c2); None: MLP
 
 
 class GANParams(_Section):
+    conditional: bool
+    arch: Literal["mlp", "conv"]
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(min_length=2, max_length=2)
     schedule: Literal["epochs", "rounds"]
     epochs: int = Field(ge=1, le=100_000)
     rounds: int = Field(ge=1, le=1_000_000)
@@ -153,7 +158,8 @@ class GANParams(_Section):
         )
         return GeneratorConfig(latent_size=self.latent_size, latent=self.latent, hidden=hidden,
                                activation=g.activation, dropout=g.dropout, batchnorm=g.batchnorm,
-                               output=g.output)  # fmt: skip
+                               output=g.output, conditional=self.conditional,
+                               channels=list(self.channels) if self.arch == "conv" else None)  # fmt: skip
 
 
 class GANEvalParams(_Section):
@@ -208,6 +214,29 @@ def _classifier_sizes(c: ClassifierParams) -> tuple[str, int, int]:
     return "classifier.arch", 61_706, 3 * (784 * 6 + 100 * 16) + 400  # LeNet-5
 
 
+def _mlp_gan_sizes(gan: GANParams) -> tuple[int, int, int]:
+    """(G's parameters, D's, floats kept per image while training) of the MLP GAN."""
+    g, label = gan.generator_config(), N_CLASSES if gan.conditional else 0
+    g_weights = _linear_parameters([g.latent_size + label, *g.hidden, IMAGE_PIXELS]) + 2 * sum(
+        g.hidden
+    )
+    d_weights = _linear_parameters([IMAGE_PIXELS, *gan.discriminator.hidden, 1])
+    return (
+        g_weights,
+        d_weights,
+        3 * (sum(g.hidden) + sum(gan.discriminator.hidden)) + 4 * IMAGE_PIXELS,
+    )
+
+
+def _conv_gan_sizes(gan: GANParams) -> tuple[int, int, int]:
+    """(G's parameters, D's, floats kept per image while training) of the conv GAN."""
+    c1, c2 = gan.channels
+    n_in = gan.latent_size + (N_CLASSES if gan.conditional else 0)
+    g_weights = _linear_parameters([n_in, 49 * c2]) + 16 * (c2 * c1 + c1) + 2 * (49 * c2 + c1)
+    d_weights = 16 * (c1 + c1 * c2) + c1 + c2 + 49 * c2 * (1 + N_CLASSES) + 1
+    return g_weights, d_weights, 3 * 2 * (196 * c1 + 49 * c2) + 4 * IMAGE_PIXELS
+
+
 def check_sizes(params: Params, memory: int, source: str = "params.yaml") -> None:
     """Refuse, before any work, a network or a batch that cannot be trained in `memory` bytes:
     half of it for the networks (TRAIN_COPIES copies of the weights), half for one batch's
@@ -217,15 +246,16 @@ def check_sizes(params: Params, memory: int, source: str = "params.yaml") -> Non
     n_train = MNIST_TRAIN - params.data.val_size
     batch = n_train if c.batch_size == 0 else min(c.batch_size, n_train)
     key, weights, per_image = _classifier_sizes(c)
-    g = gan.generator_config()
-    g_weights = _linear_parameters([g.latent_size, *g.hidden, IMAGE_PIXELS]) + 2 * sum(g.hidden)
-    d_weights = _linear_parameters([IMAGE_PIXELS, *gan.discriminator.hidden, 1])
+    g_key, d_key, (g_weights, d_weights, gan_per_image) = (
+        ("gan.channels", "gan.channels", _conv_gan_sizes(gan))
+        if gan.arch == "conv"
+        else ("gan.generator.hidden", "gan.discriminator.hidden", _mlp_gan_sizes(gan))
+    )
     gan_batch = min(gan.batch_size, MNIST_TRAIN)
-    gan_per_image = 3 * (sum(g.hidden) + sum(gan.discriminator.hidden)) + 4 * IMAGE_PIXELS
     gigabytes = f"{memory / 1e9:.0f} GB"
     networks = ((key, weights, "the classifier"),
-                ("gan.discriminator.hidden", d_weights, "the discriminator"),  # G may mirror it
-                ("gan.generator.hidden", g_weights, "the generator"))  # fmt: skip
+                (d_key, d_weights, "the discriminator"),  # G may mirror it
+                (g_key, g_weights, "the generator"))  # fmt: skip
     for key_, count, what in networks:
         if count * FLOAT_BYTES * TRAIN_COPIES > budget:
             raise ParamsError(

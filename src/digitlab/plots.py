@@ -30,9 +30,9 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 2)
         save_image(grid_image(images, nrow, scale), tmp, format="png")
 
 
-def class_rows(split: Split, per_class: int = 10, n_classes: int = 10) -> torch.Tensor:
+def class_rows(split: Split, per_class: int = 10, classes: list[int] | None = None) -> torch.Tensor:
     """The first `per_class` images of each class, class by class (one grid row per class)."""
-    rows = [split.images[split.labels == c][:per_class] for c in range(n_classes)]
+    rows = [split.images[split.labels == c][:per_class] for c in classes or range(10)]
     return torch.cat(rows)
 
 

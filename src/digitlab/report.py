@@ -163,8 +163,11 @@ def link(url: str, text: str) -> str:
     return f'<a href="{html.escape(url)}">{html.escape(text)}</a>'
 
 
-def headline_figures(cls: dict, gan: dict, digit: Any, threshold: Any) -> list[tuple[str, str]]:
-    """The summary's (label, value) rows: rates as percentages, the Fréchet ratio as a factor."""
+def headline_figures(
+    cls: dict, gan: dict, digit: Any, threshold: Any, conditional: bool = False
+) -> list[tuple[str, str]]:
+    """The summary's (label, value) rows: rates as percentages, the Fréchet ratio as a factor;
+    with every digit, the worst digit, the median per-digit ratio and the classifier score."""
     rows = [("Multiclass test accuracy", f"{cls['accuracy']:.2%}")]
     if digit != "all":
         detector = cls["detector"]
@@ -172,12 +175,26 @@ def headline_figures(cls: dict, gan: dict, digit: Any, threshold: Any) -> list[t
             (f"Detector for {digit}: precision", f"{detector['precision']:.2%}"),
             (f"Detector for {digit}: recall", f"{detector['recall']:.2%}"),
         ]
-    judged = "some digit" if digit == "all" else f"a {digit}"
+    if conditional:
+        judged = "the digit asked for"
+    else:
+        judged = "some digit" if digit == "all" else f"a {digit}"
     decent = f"GAN decent rate (judged {judged}, p ≥ {threshold})"
     ratio = "GAN Fréchet ratio (samples to real / real to real)"
     if not gan:
         return [*rows, (decent, "run evaluate_gan"), (ratio, "run evaluate_gan")]
-    return [*rows, (decent, f"{gan['decent_rate']:.2%}"), (ratio, f"{gan['frechet_ratio']:.3g}×")]
+    rows += [(decent, f"{gan['decent_rate']:.2%}"), (ratio, f"{gan['frechet_ratio']:.3g}×")]
+    if digit == "all" and "per_digit" in gan:
+        by = "asked for" if conditional else "seen"
+        median = gan["frechet_ratio_median"]
+        rows += [
+            (f"GAN worst digit ({by}): decent rate", f"{gan['decent_rate_worst']:.2%}"),
+            (f"GAN median per-digit Fréchet ratio ({by})",
+             "n/a" if median is None else f"{median:.3g}×"),
+            (f"GAN classifier score (real test images: {gan['classifier_score_real']:.2f})",
+             f"{gan['classifier_score']:.2f}"),
+        ]  # fmt: skip
+    return rows
 
 
 def summary_section(
@@ -210,6 +227,7 @@ def build_report(root: Path, runs: MlflowRuns, gif: Path) -> str:
     gan_path = reports / "gan/metrics.json"
     gan = json.loads(gan_path.read_text()) if gan_path.is_file() else {}
     digit = params["digit"]
+    conditional = bool(params.get("gan", {}).get("conditional"))
 
     data_rows = pd.DataFrame(
         [{"split": s, "images": summary[s]["count"], "mean": summary[s]["mean"], "std": summary[s]["std"],
@@ -229,6 +247,11 @@ def build_report(root: Path, runs: MlflowRuns, gif: Path) -> str:
         for p in progress
     )
     gan_rows = [(k, v) for k, v in gan.items() if not isinstance(v, dict)]
+    per_digit_html = ""
+    if gan.get("per_digit") and digit == "all":
+        by = "the digit asked for" if conditional else "the digit the classifier sees"
+        per_digit = pd.DataFrame(gan["per_digit"]).T.rename_axis("digit").reset_index()
+        per_digit_html = f"<h3>Per digit (samples grouped by {by})</h3>" + frame_table(per_digit)
     run_ids = [(stage, runs.stages.get(stage)) for stage in STAGES]
     run_ids += [("report (this page)", runs.report)] if runs.report else []
     runs_rows = "".join(
@@ -243,7 +266,7 @@ def build_report(root: Path, runs: MlflowRuns, gif: Path) -> str:
         f"<h1>digitlab report: {html.escape(str(params['data']['dataset']))}, "
         f"digit {html.escape(str(digit))}</h1>",
         summary_section(
-            headline_figures(cls, gan, digit, threshold),
+            headline_figures(cls, gan, digit, threshold, conditional),
             reports / "gan/samples.png",
             runs,
             headings,
@@ -267,13 +290,15 @@ def build_report(root: Path, runs: MlflowRuns, gif: Path) -> str:
         figure(gif, "The same 100 noise vectors through training (animated)"),
         f'<div class="grid">{progress_html}</div>',
         "<h3>Final samples</h3>",
-        '<p>100 samples of the saved generator: in the <a href="#summary">summary</a>.</p>',
+        '<p>100 samples of the saved generator: in the <a href="#summary">summary</a>'
+        f"{' (one row per digit asked for)' if conditional else ''}.</p>",
         figure(
             reports / "gan/class_histogram.png",
             "Classes of the generated images, as the classifier sees them",
         ),
         "<h3>GAN metrics</h3>",
         table(gan_rows, ("metric", "value")) if gan_rows else "<p><em>run evaluate_gan</em></p>",
+        per_digit_html,
         '<h2 id="mlflow-runs">MLflow runs</h2>',
         f'<table><tr><th class="key">stage</th><th class="key">run id</th></tr>{runs_rows}</table>',
         '<h2 id="parameters">Parameters</h2>',
