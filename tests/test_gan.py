@@ -18,7 +18,6 @@ from digitlab.gan import (
     collapse_check,
     ema_with_warmup,
     fit_gan,
-    fixed_digits,
     schedule,
     to_generator_range,
     total_g_steps,
@@ -259,9 +258,11 @@ def test_the_digit_steers_a_conditional_generator(
     assert (images - other).abs().flatten(1).mean(1).min() > 0.01
     agreement = (digits_judge(images) == asked).double().mean().item()
     assert agreement > 0.3, f"samples judged as the digit asked for: {agreement:.0%} (chance: 10%)"
-    # the fixed-noise grids: one row per digit
-    assert torch.equal(fixed_digits(torch.arange(10)), torch.arange(10).repeat_interleave(10))
-    assert result.snapshots[-1][1].shape == (100, 1, 28, 28)
+    # the fixed-noise grids: one row of ten per digit, judged as the digit of its row
+    grid = result.snapshots[-1][1]
+    assert grid.shape == (100, 1, 28, 28)
+    rows = (digits_judge(grid) == torch.arange(10).repeat_interleave(10)).double().mean().item()
+    assert rows > 0.3, f"fixed-noise samples judged as their row's digit: {rows:.0%}"
 
 
 def test_a_conditional_gan_is_deterministic_and_round_trips(

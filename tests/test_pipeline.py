@@ -259,6 +259,68 @@ def test_digit_change_reevaluates_without_retraining(
     assert not changed_stages(path, env)
 
 
+def test_a_conditional_gan_makes_every_digit_on_demand(
+    tiny_repo: tuple[Path, dict[str, str]],
+) -> None:
+    """digit: all with gan.conditional: judged per digit asked for, registered in MLflow as a
+    model that takes [digit, latent…]; the other kind of generator is refused in one line."""
+    import subprocess
+
+    import mlflow
+
+    from digitlab.models import load_generator
+
+    path, env = tiny_repo
+    params = (path / "params.yaml").read_text()
+    set_param(path, "digit", "all")
+    set_param(path, "gan.conditional", True)
+    try:
+        dvc(path, env, "repro")
+        metrics = json.loads((path / "reports/gan/metrics.json").read_text())
+        assert sorted(metrics["per_digit"]) == [str(d) for d in range(10)]
+        assert {row["share"] for row in metrics["per_digit"].values()} == {0.1}
+        assert metrics["decent_rate_worst"] <= metrics["decent_rate"]
+        ratios = sorted(row["frechet_ratio"] for row in metrics["per_digit"].values())
+        assert metrics["frechet_ratio_median"] == pytest.approx((ratios[4] + ratios[5]) / 2)
+        assert metrics["classifier_score_real"] > 5  # the real test images of all ten digits
+        assert (
+            "Per digit (samples grouped by the digit asked for)"
+            in (path / "reports/index.html").read_text()
+        )
+
+        mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model("models:/digitlab-generator@latest-mnist-all")
+        generator, _ = load_generator(path / "models/generator.pt", conditional=True)
+        latent = torch.randn(
+            4, generator.config.latent_size, generator=torch.Generator().manual_seed(1)
+        )
+        digits = torch.tensor([0, 3, 7, 9])
+        with torch.inference_mode():
+            expected = generator.eval()(latent, digits).numpy()
+        inputs = torch.cat([digits[:, None].float(), latent], 1).numpy()
+        assert model.predict(inputs) == pytest.approx(expected, abs=1e-6)
+
+        set_param(path, "gan.conditional", False)  # the generator on disk is conditional
+        result = subprocess.run(
+            [str(Path(env["PATH"].split(os.pathsep)[0]) / "python"), "stages/evaluate_gan.py"],
+            cwd=path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert (
+            result.stderr.strip()
+            .splitlines()[0]
+            .startswith(
+                "digitlab: error: models/generator.pt is a conditional generator but params.yaml "
+                "has gan.conditional=false: run `dvc repro train_gan`"
+            )
+        ), result.stderr
+    finally:
+        (path / "params.yaml").write_text(params)
+        back = dvc(path, env, "repro")
+    assert ran_stages(back.stdout) == set(), back.stdout  # all from DVC's run-cache
+    assert not changed_stages(path, env)
+
+
 def test_same_params_and_seed_give_identical_metrics(
     tiny_repo: tuple[Path, dict[str, str]],
 ) -> None:

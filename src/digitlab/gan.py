@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from digitlab.errors import DigitlabError
-from digitlab.inference import sample_images, sample_latent
+from digitlab.inference import requested_digits, sample_images, sample_latent
 from digitlab.models import Discriminator, Generator
 from digitlab.optim import make_optimizer
 from digitlab.params import GANParams
@@ -175,12 +175,6 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def fixed_digits(digits: torch.Tensor, n: int = FIXED_NOISE) -> torch.Tensor:
-    """The digits of the n fixed-noise samples: equal blocks in order, so a 10-wide grid of
-    100 samples of all ten digits has one row per digit."""
-    return digits[torch.arange(n) * len(digits) // n]
-
-
 def fit_gan(
     settings: GANParams,
     real_images: torch.Tensor,
@@ -200,6 +194,8 @@ def fit_gan(
     """
     if settings.conditional and (labels is None or len(labels) != len(real_images)):
         raise ValueError("a conditional GAN trains on images with their labels")
+    real_digits = labels.to(device) if settings.conditional and labels is not None else None
+    present = real_digits.unique() if real_digits is not None else None  # G is asked for these
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     G = Generator(settings.generator_config()).to(device)
@@ -214,10 +210,8 @@ def fit_gan(
     real = to_generator_range(real_images, G.config.output).to(device)
     batch = min(settings.batch_size, len(real))
     fixed = sample_latent(FIXED_NOISE, settings.latent_size, settings.latent, rng, device)
-    if settings.conditional:
-        real_digits = labels.to(device)  # type: ignore[union-attr]
-        present = real_digits.unique()
-    fixed_labels = fixed_digits(present) if settings.conditional else None
+    # the fixed-noise samples' digits: equal blocks, one grid row per digit for all ten
+    fixed_labels = requested_digits(FIXED_NOISE, present.tolist()) if present is not None else None
     total = total_g_steps(settings, len(real))
     log_every = len(real) // batch if settings.schedule == "epochs" else settings.g_steps
     snapshot_at = {round(total * (i + 1) / settings.snapshots) for i in range(settings.snapshots)}
@@ -230,7 +224,7 @@ def fit_gan(
     for step in schedule(settings, len(real), rng):
         z = sample_latent(batch, settings.latent_size, settings.latent, rng, device)
         fake_digits = None
-        if settings.conditional:
+        if present is not None:
             fake_digits = present[torch.randint(len(present), (batch,), generator=rng).to(device)]
         with torch.set_grad_enabled(step.train_g):  # a D-only step needs no graph through G
             fake = G(z, fake_digits)
@@ -238,7 +232,7 @@ def fit_gan(
         # (1) Update D: real images → 1, fakes → 0
         if step.real is not None:
             idx = step.real.to(device)
-            digits = (real_digits[idx], fake_digits) if settings.conditional else None
+            digits = (real_digits[idx], fake_digits) if real_digits is not None else None
             d = train_discriminator(D, opt_d, real[idx], fake, digits)
             _check_finite(d, "discriminator", g_step, settings)
             losses["d_loss"].append(d.loss)
