@@ -7,7 +7,7 @@ LOCK := requirements.lock
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup lock repro test test-fast bench bench-cgan lint ui system-deps fashion-mnist clean
+.PHONY: setup lock repro labs lab test test-fast bench bench-cgan lint ui system-deps fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,15 @@ fashion-mnist:
 repro: setup
 	@if grep -Eq '^\s*dataset:\s*fashion_mnist' params.yaml; then $(MAKE) --no-print-directory fashion-mnist; fi
 	$(BIN)/dvc repro
+
+# The labs' own setups (labs/*.yaml) as named DVC experiments, queued and run two at a time,
+# then one table per lab in reports/labs.md and reports/labs.html: `make labs` runs every lab
+# (under 40 minutes on 2 cores), `make lab LAB=lab4` one (LAB="lab4 tutorial": several).
+labs: setup fashion-mnist
+	$(BIN)/python -m digitlab.labs run --all
+
+lab: setup fashion-mnist
+	$(BIN)/python -m digitlab.labs run $(LAB)
 
 # Everything (what CI runs); `make test-fast` skips the tests marked slow (end-to-end DVC runs).
 # Two test processes, each taking whole test files (module fixtures stay in one process).

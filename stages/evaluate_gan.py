@@ -23,6 +23,12 @@ REPORTS = Path("reports/gan")
 def main() -> None:
     params = PARAMS
     cfg = params.gan_eval
+    if params.classifier.head == "regression":
+        raise DigitlabError(
+            "evaluate_gan judges images by the classifier's ten probabilities, but "
+            "classifier.head is regression (one value): set classifier.head: classes, or "
+            "reproduce only the classifier (dvc repro evaluate)"
+        )
     classifier, architecture, judge = load_classifier(
         "models/classifier.pt", params.classifier.architecture()
     )

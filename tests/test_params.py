@@ -139,13 +139,17 @@ def test_the_defaults_and_the_labs_setups_fit_in_4_gib() -> None:
         check_sizes(Params.model_validate(raw), 4 * GIB)
 
 
+@pytest.mark.parametrize("head", ["classes", "regression"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5", "fastcnn"])
-def test_size_check_counts_each_classifiers_real_parameters(arch: str) -> None:
+def test_size_check_counts_each_classifiers_real_parameters(arch: str, head: str) -> None:
     from digitlab.models import build_classifier, n_parameters
     from digitlab.params import _classifier_sizes
 
-    raw = raw_params()
-    set_key(raw, "classifier.arch", arch)
-    cfg = Params.model_validate(raw).classifier
-    _, weights, _ = _classifier_sizes(cfg)
-    assert weights == n_parameters(build_classifier(cfg.architecture()))
+    for width in (1, 3):
+        raw = raw_params()
+        changes = {"arch": arch, "head": head, "loss": "mse", "width": width}
+        for key, value in changes.items():
+            set_key(raw, f"classifier.{key}", value)
+        cfg = Params.model_validate(raw).classifier
+        _, weights, _ = _classifier_sizes(cfg)
+        assert weights == n_parameters(build_classifier(cfg.architecture()))

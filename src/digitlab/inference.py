@@ -4,6 +4,7 @@ generator. No training code here, so evaluation stages do not rerun when trainin
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from digitlab.errors import DigitlabError
@@ -30,8 +31,19 @@ def predict_logits(
     return torch.cat(out)
 
 
+def answers(outputs: torch.Tensor) -> torch.Tensor:
+    """The digit each row of outputs names: the arg-max of ten outputs, or a regression head's
+    single value rounded and clamped to 0-9."""
+    if outputs.shape[1] == 1:
+        return outputs.squeeze(1).round().clamp(0, N_CLASSES - 1).long()
+    return outputs.argmax(1)
+
+
 def probabilities(logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-digit probabilities: softmax for ce, each detector's sigmoid for bce and mse."""
+    """Per-digit probabilities: softmax for ce, each detector's sigmoid for bce and mse; a
+    regression head's answer as a certain one-hot row (it gives no probabilities)."""
+    if logits.shape[1] == 1:
+        return F.one_hot(answers(logits), N_CLASSES).float()
     return logits.softmax(dim=1) if loss == "ce" else torch.sigmoid(logits)
 
 

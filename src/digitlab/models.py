@@ -49,11 +49,14 @@ def mlp_layers(sizes: list[int], act: str, dropout: float, out_features: int) ->
 
 
 class MLP(nn.Module):
-    """784 → hidden… → 10: the labs' detector, with ten outputs instead of one."""
+    """784 → hidden… → 10: the labs' detector, with ten outputs instead of one (or one output,
+    the digit's value, for the tutorial's regression; no hidden layer: one Linear)."""
 
-    def __init__(self, hidden: list[int], act: str, dropout: float) -> None:
+    def __init__(
+        self, hidden: list[int], act: str, dropout: float, outputs: int = N_CLASSES
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), *mlp_layers([784, *hidden], act, dropout, N_CLASSES))
+        self.net = nn.Sequential(nn.Flatten(), *mlp_layers([784, *hidden], act, dropout, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -68,7 +71,9 @@ class LabCNN(nn.Module):
     0.25 after the 2nd and 3rd, linear to 10. (The lab's `view(-1, 320)` does not fit 28×28
     images; with padding the last block gives 32×3×3 = 288 features.)"""
 
-    def __init__(self, channels: list[int], dropout: float = 0.25) -> None:
+    def __init__(
+        self, channels: list[int], dropout: float = 0.25, outputs: int = N_CLASSES
+    ) -> None:
         super().__init__()
         c1, c2, c3 = channels
         self.body = nn.Sequential(
@@ -79,7 +84,7 @@ class LabCNN(nn.Module):
             nn.Dropout(dropout),
             nn.Flatten(),
         )  # fmt: skip
-        self.head = nn.Linear(c3 * 3 * 3, N_CLASSES)
+        self.head = nn.Linear(c3 * 3 * 3, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -90,18 +95,20 @@ class LabCNN(nn.Module):
 
 class LeNet5(nn.Module):
     """LeNet-5 for 28×28 inputs: conv 6 (5×5, padding 2) → pool → conv 16 (5×5) → pool →
-    120 → 84 → 10, ReLU and max-pool as in lab 6."""
+    120 → 84 → 10, ReLU and max-pool as in lab 6; `width` multiplies every layer's channels
+    and units (lab 6's "wider" structure)."""
 
-    def __init__(self) -> None:
+    def __init__(self, outputs: int = N_CLASSES, width: int = 1) -> None:
         super().__init__()
+        c1, c2, f1, f2 = 6 * width, 16 * width, 120 * width, 84 * width
         self.body = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),  # 5×5
+            nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
+            nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),  # 5×5
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
-            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(c2 * 5 * 5, f1), nn.ReLU(),
+            nn.Linear(f1, f2), nn.ReLU(),
         )  # fmt: skip
-        self.head = nn.Linear(84, N_CLASSES)
+        self.head = nn.Linear(f2, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -114,7 +121,7 @@ class FastCNN(nn.Module):
     """The two-conv net of tuomaso/train_mnist_fast: conv 24 (5×5) → pool → conv 32 (3×3) →
     pool → 256 → 10, ReLU; 99% on MNIST after one epoch with its recipe."""
 
-    def __init__(self) -> None:
+    def __init__(self, outputs: int = N_CLASSES) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, 24, 5), nn.MaxPool2d(2), nn.ReLU(),  # 12×12
@@ -122,7 +129,7 @@ class FastCNN(nn.Module):
             nn.Flatten(),
             nn.Linear(32 * 5 * 5, 256), nn.ReLU(),
         )  # fmt: skip
-        self.head = nn.Linear(256, N_CLASSES)
+        self.head = nn.Linear(256, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -143,14 +150,16 @@ def nhwc(images: torch.Tensor) -> torch.Tensor:
 
 
 def build_classifier(architecture: ClassifierArchitecture) -> nn.Module:
-    """The classifier an architecture describes."""
+    """The classifier an architecture describes: ten outputs, or one with a regression head."""
+    outputs = 1 if architecture.head == "regression" else N_CLASSES
     if architecture.arch == "mlp":
-        return MLP(list(architecture.hidden), architecture.activation, architecture.dropout)
+        hidden = list(architecture.hidden)
+        return MLP(hidden, architecture.activation, architecture.dropout, outputs)
     if architecture.arch == "cnn":
-        return LabCNN(list(architecture.channels))
+        return LabCNN(list(architecture.channels), outputs=outputs)
     if architecture.arch == "fastcnn":
-        return FastCNN()
-    return LeNet5()
+        return FastCNN(outputs)
+    return LeNet5(outputs, architecture.width)
 
 
 class Generator(nn.Module):

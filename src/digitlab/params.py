@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from digitlab.errors import DigitlabError, restore_hint
 
@@ -58,11 +66,23 @@ class ClassifierArchitecture(_Section):
     """The keys that shape a classifier: what its checkpoint saves and must match."""
 
     arch: Literal["mlp", "cnn", "lenet5", "fastcnn"]
-    hidden: Hidden = Field(min_length=1)
+    hidden: Hidden  # mlp; [] is one Linear layer (the tutorial's 784 → 1)
     activation: Activation
     dropout: float = Field(ge=0, lt=1)
     channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(min_length=3, max_length=3)
+    width: int = Field(default=1, ge=1, le=16)  # lenet5: every layer this many times as wide
+    # classes: ten outputs, one per digit; regression: one output, the digit's value (the
+    # tutorial's first models), answered rounded and clamped to 0-9. Checkpoints saved before
+    # the key existed have ten outputs.
+    head: Literal["classes", "regression"] = "classes"
     loss: Literal["bce", "ce", "mse"]
+
+    @field_validator("loss")
+    @classmethod
+    def _regression_learns_by_mse(cls, loss: str, info: ValidationInfo) -> str:
+        if info.data.get("head") == "regression" and loss != "mse":
+            raise ValueError("classifier.head regression learns the digit's value by mse")
+        return loss
 
 
 class AugmentParams(_Section):
@@ -202,16 +222,21 @@ def _linear_parameters(sizes: list[int]) -> int:
 
 def _classifier_sizes(c: ClassifierParams) -> tuple[str, int, int]:
     """(the key that sets its size, parameters, floats kept per image while training)."""
+    out = 1 if c.head == "regression" else N_CLASSES
     if c.arch == "mlp":
-        return ("classifier.hidden", _linear_parameters([IMAGE_PIXELS, *c.hidden, N_CLASSES]),
-                IMAGE_PIXELS + 3 * sum(c.hidden) + N_CLASSES)  # fmt: skip
+        return ("classifier.hidden", _linear_parameters([IMAGE_PIXELS, *c.hidden, out]),
+                IMAGE_PIXELS + 3 * sum(c.hidden) + out)  # fmt: skip
     if c.arch == "cnn":
         c1, c2, c3 = c.channels
-        weights = 9 * (c1 + c1 * c2 + c2 * c3) + c1 + c2 + c3 + 9 * c3 * N_CLASSES + N_CLASSES
+        weights = 9 * (c1 + c1 * c2 + c2 * c3) + c1 + c2 + c3 + 9 * c3 * out + out
         return "classifier.channels", weights, 3 * (784 * c1 + 196 * c2 + 49 * c3) + 196 * c1
     if c.arch == "fastcnn":
-        return "classifier.arch", 215_194, 3 * (576 * 24 + 100 * 32) + 144 * 24 + 800
-    return "classifier.arch", 61_706, 3 * (784 * 6 + 100 * 16) + 400  # LeNet-5
+        weights = 24 * 26 + 32 * (24 * 9 + 1) + _linear_parameters([800, 256, out])
+        return "classifier.arch", weights, 3 * (576 * 24 + 100 * 32) + 144 * 24 + 800
+    w = c.width  # LeNet-5: conv 6w, conv 16w, 120w, 84w, out
+    weights = 25 * (6 * w + 6 * w * 16 * w) + 6 * w + 16 * w
+    weights += _linear_parameters([16 * w * 25, 120 * w, 84 * w, out])
+    return "classifier.width", weights, w * (3 * (784 * 6 + 100 * 16) + 400)
 
 
 def _mlp_gan_sizes(gan: GANParams) -> tuple[int, int, int]:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from digitlab.data import Split
 from digitlab.errors import DigitlabError
-from digitlab.inference import predict_logits
+from digitlab.inference import answers, predict_logits
 from digitlab.models import channels_last, nhwc
 from digitlab.optim import make_optimizer
 from digitlab.params import AugmentParams, ClassifierParams
@@ -26,7 +26,10 @@ class TrainingDiverged(DigitlabError):
 
 
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """ce: softmax cross-entropy; bce: ten sigmoid detectors vs one-hot; mse: sigmoid vs one-hot."""
+    """ce: softmax cross-entropy; bce: ten sigmoid detectors vs one-hot; mse: sigmoid vs one-hot,
+    or, for a regression head (one output), the output vs the digit's value."""
+    if logits.shape[1] == 1:
+        return F.mse_loss(logits.squeeze(1), labels.to(logits.dtype))
     if kind == "ce":
         return F.cross_entropy(logits, labels)
     target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
@@ -41,7 +44,7 @@ def loss_and_accuracy(
     """Mean loss and multiclass accuracy of the model on a split."""
     logits = predict_logits(model, split.images, device)
     loss = classifier_loss(logits, split.labels, kind).item()
-    accuracy = (logits.argmax(1) == split.labels).double().mean().item()
+    accuracy = (answers(logits) == split.labels).double().mean().item()
     return loss, accuracy
 
 
@@ -137,7 +140,7 @@ def fit_classifier(
                 scheduler.step()
             on_step(epoch, step + 1)
             loss_sum += value * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            correct += int((answers(logits.detach()) == y).sum())
         val_loss, val_acc = loss_and_accuracy(model, val, cfg.loss, device)
         row = {
             "epoch": epoch,
