@@ -39,7 +39,7 @@ def test_repo_params_load() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("data.dataset", "cifar100", "'mnist' or 'fashion_mnist'"),
+        ("data.dataset", "cifar100", "'mnist', 'fashion_mnist' or 'cifar10'"),
         ("data.val_size", -5, "greater than or equal to 10"),
         ("data.val_size", "5000", "valid integer"),
         ("data.val_size", 5000.5, "valid integer"),
@@ -139,13 +139,14 @@ def test_the_defaults_and_the_labs_setups_fit_in_4_gib() -> None:
         check_sizes(Params.model_validate(raw), 4 * GIB)
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5", "fastcnn"])
-def test_size_check_counts_each_classifiers_real_parameters(arch: str) -> None:
+def test_size_check_counts_each_classifiers_real_parameters(arch: str, dataset: str) -> None:
     from digitlab.models import build_classifier, n_parameters
-    from digitlab.params import _classifier_sizes
+    from digitlab.params import _classifier_sizes, input_shape
 
     raw = raw_params()
     set_key(raw, "classifier.arch", arch)
     cfg = Params.model_validate(raw).classifier
-    _, weights, _ = _classifier_sizes(cfg)
-    assert weights == n_parameters(build_classifier(cfg.architecture()))
+    _, weights, _ = _classifier_sizes(cfg, input_shape(dataset))
+    assert weights == n_parameters(build_classifier(cfg.architecture(), input_shape(dataset)))
