@@ -13,14 +13,17 @@ from torch import nn
 
 from digitlab.errors import DigitlabError
 from digitlab.params import (
+    DATASETS,
     IMAGE_PIXELS,
     N_CLASSES,
     ClassifierArchitecture,
     DiscriminatorParams,
     GeneratorConfig,
+    input_shape,
 )
 
-IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SHAPE = (1, 28, 28)  # MNIST's and Fashion-MNIST's; the GAN makes these only
+Shape = tuple[int, int, int]  # (channels, height, width) of a classifier's input images
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
     "relu": nn.ReLU,
@@ -49,11 +52,16 @@ def mlp_layers(sizes: list[int], act: str, dropout: float, out_features: int) ->
 
 
 class MLP(nn.Module):
-    """784 → hidden… → 10: the labs' detector, with ten outputs instead of one."""
+    """784 (C·H·W) → hidden… → 10: the labs' detector, with ten outputs instead of one."""
 
-    def __init__(self, hidden: list[int], act: str, dropout: float) -> None:
+    def __init__(
+        self, hidden: list[int], act: str, dropout: float, in_shape: Shape = IMAGE_SHAPE
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), *mlp_layers([784, *hidden], act, dropout, N_CLASSES))
+        n_in = in_shape[0] * in_shape[1] * in_shape[2]
+        self.net = nn.Sequential(
+            nn.Flatten(), *mlp_layers([n_in, *hidden], act, dropout, N_CLASSES)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -66,20 +74,23 @@ class MLP(nn.Module):
 class LabCNN(nn.Module):
     """The labs' CNN: conv 64 → 32 → 32 (3×3, padding 1), each ReLU + 2×2 max-pool, dropout
     0.25 after the 2nd and 3rd, linear to 10. (The lab's `view(-1, 320)` does not fit 28×28
-    images; with padding the last block gives 32×3×3 = 288 features.)"""
+    images; with padding the last block gives 32×3×3 = 288 features, 32×4×4 on 32×32.)"""
 
-    def __init__(self, channels: list[int], dropout: float = 0.25) -> None:
+    def __init__(
+        self, channels: list[int], dropout: float = 0.25, in_shape: Shape = IMAGE_SHAPE
+    ) -> None:
         super().__init__()
         c1, c2, c3 = channels
+        side = in_shape[1] // 8  # after three 2×2 max-pools
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
+            nn.Conv2d(in_shape[0], c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 7×7
             nn.Dropout(dropout),
             nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 3×3
             nn.Dropout(dropout),
             nn.Flatten(),
         )  # fmt: skip
-        self.head = nn.Linear(c3 * 3 * 3, N_CLASSES)
+        self.head = nn.Linear(c3 * side * side, N_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -89,13 +100,16 @@ class LabCNN(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 for 28×28 inputs: conv 6 (5×5, padding 2) → pool → conv 16 (5×5) → pool →
-    120 → 84 → 10, ReLU and max-pool as in lab 6."""
+    """LeNet-5: conv 6 (5×5) → pool → conv 16 (5×5) → pool → 120 → 84 → 10, ReLU and max-pool
+    as in lab 6. On 32×32 inputs (CIFAR-10) it is the original, no padding (32 → 28); 28×28
+    ones are padded by 2, to the same 28×28 after the first conv."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_shape: Shape = IMAGE_SHAPE) -> None:
         super().__init__()
+        channels, size, _ = in_shape
+        pad = (32 - size) // 2  # 2 on 28×28, 0 on 32×32
         self.body = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
+            nn.Conv2d(channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),  # 5×5
             nn.Flatten(),
             nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
@@ -112,15 +126,17 @@ class LeNet5(nn.Module):
 
 class FastCNN(nn.Module):
     """The two-conv net of tuomaso/train_mnist_fast: conv 24 (5×5) → pool → conv 32 (3×3) →
-    pool → 256 → 10, ReLU; 99% on MNIST after one epoch with its recipe."""
+    pool → 256 → 10, ReLU; 99% on MNIST after one epoch with its recipe. (32×32 inputs end
+    at 6×6.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, in_shape: Shape = IMAGE_SHAPE) -> None:
         super().__init__()
+        side = ((in_shape[1] - 4) // 2 - 2) // 2
         self.body = nn.Sequential(
-            nn.Conv2d(1, 24, 5), nn.MaxPool2d(2), nn.ReLU(),  # 12×12
+            nn.Conv2d(in_shape[0], 24, 5), nn.MaxPool2d(2), nn.ReLU(),  # 12×12
             nn.Conv2d(24, 32, 3), nn.MaxPool2d(2), nn.ReLU(),  # 5×5
             nn.Flatten(),
-            nn.Linear(32 * 5 * 5, 256), nn.ReLU(),
+            nn.Linear(32 * side * side, 256), nn.ReLU(),
         )  # fmt: skip
         self.head = nn.Linear(256, N_CLASSES)
 
@@ -142,15 +158,19 @@ def nhwc(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
 
 
-def build_classifier(architecture: ClassifierArchitecture) -> nn.Module:
-    """The classifier an architecture describes."""
+def build_classifier(
+    architecture: ClassifierArchitecture, in_shape: Shape = IMAGE_SHAPE
+) -> nn.Module:
+    """The classifier an architecture describes, for images of `in_shape` (channels, height,
+    width: input_shape(data.dataset))."""
     if architecture.arch == "mlp":
-        return MLP(list(architecture.hidden), architecture.activation, architecture.dropout)
+        return MLP(list(architecture.hidden), architecture.activation, architecture.dropout,
+                   in_shape=in_shape)  # fmt: skip
     if architecture.arch == "cnn":
-        return LabCNN(list(architecture.channels))
+        return LabCNN(list(architecture.channels), in_shape=in_shape)
     if architecture.arch == "fastcnn":
-        return FastCNN()
-    return LeNet5()
+        return FastCNN(in_shape)
+    return LeNet5(in_shape)
 
 
 class Generator(nn.Module):
@@ -306,6 +326,12 @@ def check_dataset(path: str | Path, checkpoint: dict[str, Any], dataset: str) ->
         )
 
 
+def saved_input_shape(checkpoint: dict[str, Any]) -> Shape:
+    """The input shape of a saved classifier: its dataset's (1×28×28 when it names none)."""
+    dataset = checkpoint.get("dataset")
+    return input_shape(dataset) if isinstance(dataset, str) and dataset in DATASETS else IMAGE_SHAPE
+
+
 def load_classifier(
     path: str | Path, expected: ClassifierArchitecture | None = None
 ) -> tuple[nn.Module, ClassifierArchitecture, dict[str, Any]]:
@@ -323,7 +349,7 @@ def load_classifier(
                 f"{path} was trained with classifier.{key}={have!r} but params.yaml "
                 f"has {want!r}: run `dvc repro train_classifier`"
             )
-    model = build_classifier(architecture)
+    model = build_classifier(architecture, saved_input_shape(checkpoint))
     _load_weights(path, model, checkpoint)
     return channels_last(model).eval(), architecture, checkpoint
 
