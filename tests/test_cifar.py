@@ -95,6 +95,16 @@ def test_a_batch_reads_as_uint8_images_with_red_in_channel_0(cifar: Path) -> Non
     assert images[1, 1, 3, 5] == row[1024 + 32 * 3 + 5]
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_batches_pickled_with_any_protocol_read_alike(tmp_path: Path, protocol: int) -> None:
+    data = np.arange(2 * 3072, dtype=np.uint64).astype(np.uint8).reshape(2, 3072)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": [3, 7]}, protocol=protocol))
+    images, labels = read_cifar_batch(path)
+    assert torch.equal(images, torch.from_numpy(data.copy()).view(2, 3, 32, 32))
+    assert labels.tolist() == [3, 7]
+
+
 def test_read_raw_joins_the_five_training_batches(cifar: Path) -> None:
     train_images, train_labels = read_raw(cifar, train=True, dataset="cifar10")
     test_images, test_labels = read_raw(cifar, train=False, dataset="cifar10")

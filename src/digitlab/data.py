@@ -101,8 +101,8 @@ class SourceError(Exception):
 # ---------------------------------------------------------------- checksums
 
 
-def sha256(path: Path, algorithm: str = "sha256") -> str:
-    """Hex sha256 (or another hashlib `algorithm`) of a file, read in 1 MiB chunks."""
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest (hashlib's `algorithm`: sha256, md5) of a file, read in 1 MiB chunks."""
     digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -123,7 +123,7 @@ def verify_raw(dataset: str, directory: Path) -> None:
         path = directory / name
         if not path.is_file():
             raise SourceError(f"{name} is missing")
-        actual = sha256(path, algorithm)
+        actual = file_digest(path, algorithm)
         if actual != expected:
             raise SourceError(
                 f"{name}: {algorithm} {actual[:12]}… != expected {expected[:12]}… "
@@ -381,9 +381,9 @@ def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DigitlabError(f"{path}: not a CIFAR-10 batch (no b'data' and b'labels' in it)")
     try:
-        data = torch.from_numpy(batch[b"data"])
-    except TypeError:
-        data = None  # not a numpy array
+        data = torch.tensor(batch[b"data"])  # a copy: the unpickled array may be read-only
+    except (TypeError, ValueError, RuntimeError):
+        data = None
     if data is None or data.dtype != torch.uint8 or data.dim() != 2 or data.shape[1] != 3072:
         shape = tuple(data.shape) if data is not None else type(batch[b"data"]).__name__
         raise DigitlabError(f"{path}: b'data' is {shape}, expected N×3072 uint8 (3×32×32 images)")
@@ -395,7 +395,7 @@ def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DigitlabError(f"{path}: b'labels' are not {len(data):,} integers, one per image")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DigitlabError(f"{path}: labels {labels.min()}-{labels.max()} outside 0-9")
-    return data.clone().view(-1, 3, 32, 32), labels.long()
+    return data.view(-1, 3, 32, 32), labels.long()
 
 
 def read_raw(
