@@ -14,6 +14,7 @@ from digitlab.files import write_json
 from digitlab.inference import generate, predict_logits, probabilities, requested_digits
 from digitlab.metrics import flat_metrics, gan_quality
 from digitlab.models import check_dataset, load_classifier, load_generator, pick_device
+from digitlab.params import check_gan_dataset
 from digitlab.plots import class_histogram_bars, class_rows, save_grid
 from digitlab.tracking import stage_run
 
@@ -22,6 +23,7 @@ REPORTS = Path("reports/gan")
 
 def main() -> None:
     params = PARAMS
+    check_gan_dataset(params)
     cfg = params.gan_eval
     if params.classifier.head == "regression":
         raise DigitlabError(

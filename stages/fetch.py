@@ -1,4 +1,5 @@
-"""DVC stage `fetch`: the four raw IDX files of `data.dataset`, sha256-verified, in data/raw/<dataset>/."""
+"""DVC stage `fetch`: the raw files of `data.dataset` (4 IDX files, CIFAR-10's 7 python-version
+batches), checksum-verified, in data/raw/<dataset>/."""
 
 from digitlab.params import stage_params
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from digitlab.data import SHA256, fetch_raw
+from digitlab.data import checksums, fetch_raw
 from digitlab.errors import run_main
 from digitlab.tracking import stage_run
 
@@ -18,8 +19,9 @@ def main() -> None:
     dataset = params.data.dataset
     with stage_run("fetch", params, {"data.dataset": dataset}):
         source = fetch_raw(dataset, Path("data/raw") / dataset)
+        algorithm, digests = checksums(dataset)
         mlflow.set_tags(
-            {"fetch.source": source, **{f"sha256.{k}": v for k, v in SHA256[dataset].items()}}
+            {"fetch.source": source, **{f"{algorithm}.{k}": v for k, v in digests.items()}}
         )
 
 

@@ -14,6 +14,7 @@ from digitlab.data import load_split
 from digitlab.errors import run_main
 from digitlab.files import atomic_path, write_text
 from digitlab.models import build_classifier, n_parameters, pick_device, save_checkpoint
+from digitlab.params import input_shape
 from digitlab.plots import training_curves
 from digitlab.tracking import stage_run
 from digitlab.train import fit_classifier
@@ -31,7 +32,7 @@ def main() -> None:
     logged = {"classifier": cfg.model_dump(), "seed": params.seed}
     with stage_run("train_classifier", params, logged, "training", system_metrics=True) as run:
         torch.manual_seed(params.seed)
-        model = build_classifier(cfg.architecture())
+        model = build_classifier(cfg.architecture(), input_shape(params.data.dataset))
         device = pick_device()
         size = n_parameters(model)
         mlflow.log_param("n_parameters", size)

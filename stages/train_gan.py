@@ -16,6 +16,7 @@ from digitlab.files import atomic_dir, atomic_path, write_text
 from digitlab.gan import fit_gan
 from digitlab.inference import requested_digits, sample_latent
 from digitlab.models import DigitFirstGenerator, pick_device, save_checkpoint
+from digitlab.params import check_gan_dataset
 from digitlab.plots import gan_curves, save_grid
 from digitlab.tracking import stage_run
 
@@ -25,6 +26,7 @@ GENERATOR = "digitlab-generator"  # its name in MLflow's model registry
 
 def main() -> None:
     params = PARAMS
+    check_gan_dataset(params)
     cfg = params.gan
     real = load_split("data/prepared", "train").of_digits(params.digits)
     logged = {"gan": cfg.model_dump(), "gan.generator.layers": cfg.generator_config().hidden,

@@ -39,7 +39,7 @@ def test_repo_params_load() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("data.dataset", "cifar100", "'mnist' or 'fashion_mnist'"),
+        ("data.dataset", "cifar100", "'mnist', 'fashion_mnist' or 'cifar10'"),
         ("data.val_size", -5, "greater than or equal to 10"),
         ("data.val_size", "5000", "valid integer"),
         ("data.val_size", 5000.5, "valid integer"),
@@ -139,17 +139,21 @@ def test_the_defaults_and_the_labs_setups_fit_in_4_gib() -> None:
         check_sizes(Params.model_validate(raw), 4 * GIB)
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 @pytest.mark.parametrize("head", ["classes", "regression"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5", "fastcnn"])
-def test_size_check_counts_each_classifiers_real_parameters(arch: str, head: str) -> None:
+def test_size_check_counts_each_classifiers_real_parameters(
+    arch: str, head: str, dataset: str
+) -> None:
     from digitlab.models import build_classifier, n_parameters
-    from digitlab.params import _classifier_sizes
+    from digitlab.params import _classifier_sizes, input_shape
 
+    shape = input_shape(dataset)
     for width in (1, 3):
         raw = raw_params()
         changes = {"arch": arch, "head": head, "loss": "mse", "width": width}
         for key, value in changes.items():
             set_key(raw, f"classifier.{key}", value)
         cfg = Params.model_validate(raw).classifier
-        _, weights, _ = _classifier_sizes(cfg)
-        assert weights == n_parameters(build_classifier(cfg.architecture()))
+        _, weights, _ = _classifier_sizes(cfg, shape)
+        assert weights == n_parameters(build_classifier(cfg.architecture(), shape))

@@ -103,7 +103,7 @@ def test_bad_dataset_fails_in_one_line_and_keeps_data(
         errors = [ln for ln in result.stderr.splitlines() if ln.startswith("digitlab: error")]
         assert errors == [
             "digitlab: error: params.yaml: data.dataset = 'cifar100' is not allowed: "
-            "Input should be 'mnist' or 'fashion_mnist' "
+            "Input should be 'mnist', 'fashion_mnist' or 'cifar10' "
             "(`dvc checkout fetch` restores its last good outputs)"
         ]
     finally:

@@ -13,14 +13,17 @@ from torch import nn
 
 from digitlab.errors import DigitlabError
 from digitlab.params import (
+    DATASETS,
     IMAGE_PIXELS,
     N_CLASSES,
     ClassifierArchitecture,
     DiscriminatorParams,
     GeneratorConfig,
+    input_shape,
 )
 
-IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SHAPE = (1, 28, 28)  # MNIST's and Fashion-MNIST's; the GAN makes these only
+Shape = tuple[int, int, int]  # (channels, height, width) of a classifier's input images
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
     "relu": nn.ReLU,
@@ -49,14 +52,20 @@ def mlp_layers(sizes: list[int], act: str, dropout: float, out_features: int) ->
 
 
 class MLP(nn.Module):
-    """784 → hidden… → 10: the labs' detector, with ten outputs instead of one (or one output,
-    the digit's value, for the tutorial's regression; no hidden layer: one Linear)."""
+    """784 (C·H·W) → hidden… → 10: the labs' detector, with ten outputs instead of one (or one
+    output, the digit's value, for the tutorial's regression; no hidden layer: one Linear)."""
 
     def __init__(
-        self, hidden: list[int], act: str, dropout: float, outputs: int = N_CLASSES
+        self,
+        hidden: list[int],
+        act: str,
+        dropout: float,
+        outputs: int = N_CLASSES,
+        in_shape: Shape = IMAGE_SHAPE,
     ) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), *mlp_layers([784, *hidden], act, dropout, outputs))
+        n_in = in_shape[0] * in_shape[1] * in_shape[2]
+        self.net = nn.Sequential(nn.Flatten(), *mlp_layers([n_in, *hidden], act, dropout, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -69,22 +78,27 @@ class MLP(nn.Module):
 class LabCNN(nn.Module):
     """The labs' CNN: conv 64 → 32 → 32 (3×3, padding 1), each ReLU + 2×2 max-pool, dropout
     0.25 after the 2nd and 3rd, linear to 10. (The lab's `view(-1, 320)` does not fit 28×28
-    images; with padding the last block gives 32×3×3 = 288 features.)"""
+    images; with padding the last block gives 32×3×3 = 288 features, 32×4×4 on 32×32.)"""
 
     def __init__(
-        self, channels: list[int], dropout: float = 0.25, outputs: int = N_CLASSES
+        self,
+        channels: list[int],
+        dropout: float = 0.25,
+        outputs: int = N_CLASSES,
+        in_shape: Shape = IMAGE_SHAPE,
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels
+        side = in_shape[1] // 8  # after three 2×2 max-pools
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
+            nn.Conv2d(in_shape[0], c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 7×7
             nn.Dropout(dropout),
             nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 3×3
             nn.Dropout(dropout),
             nn.Flatten(),
         )  # fmt: skip
-        self.head = nn.Linear(c3 * 3 * 3, outputs)
+        self.head = nn.Linear(c3 * side * side, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -94,15 +108,20 @@ class LabCNN(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 for 28×28 inputs: conv 6 (5×5, padding 2) → pool → conv 16 (5×5) → pool →
-    120 → 84 → 10, ReLU and max-pool as in lab 6; `width` multiplies every layer's channels
-    and units (lab 6's "wider" structure)."""
+    """LeNet-5: conv 6 (5×5) → pool → conv 16 (5×5) → pool → 120 → 84 → 10, ReLU and max-pool
+    as in lab 6. On 32×32 inputs (CIFAR-10) it is the original, no padding (32 → 28); 28×28
+    ones are padded by 2, to the same 28×28 after the first conv. `width` multiplies every
+    layer's channels and units (lab 6's "wider" structure)."""
 
-    def __init__(self, outputs: int = N_CLASSES, width: int = 1) -> None:
+    def __init__(
+        self, outputs: int = N_CLASSES, width: int = 1, in_shape: Shape = IMAGE_SHAPE
+    ) -> None:
         super().__init__()
+        channels, size, _ = in_shape
+        pad = (32 - size) // 2  # 2 on 28×28, 0 on 32×32
         c1, c2, f1, f2 = 6 * width, 16 * width, 120 * width, 84 * width
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
+            nn.Conv2d(channels, c1, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),  # 14×14
             nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),  # 5×5
             nn.Flatten(),
             nn.Linear(c2 * 5 * 5, f1), nn.ReLU(),
@@ -119,15 +138,17 @@ class LeNet5(nn.Module):
 
 class FastCNN(nn.Module):
     """The two-conv net of tuomaso/train_mnist_fast: conv 24 (5×5) → pool → conv 32 (3×3) →
-    pool → 256 → 10, ReLU; 99% on MNIST after one epoch with its recipe."""
+    pool → 256 → 10, ReLU; 99% on MNIST after one epoch with its recipe. (32×32 inputs end
+    at 6×6.)"""
 
-    def __init__(self, outputs: int = N_CLASSES) -> None:
+    def __init__(self, outputs: int = N_CLASSES, in_shape: Shape = IMAGE_SHAPE) -> None:
         super().__init__()
+        side = ((in_shape[1] - 4) // 2 - 2) // 2
         self.body = nn.Sequential(
-            nn.Conv2d(1, 24, 5), nn.MaxPool2d(2), nn.ReLU(),  # 12×12
+            nn.Conv2d(in_shape[0], 24, 5), nn.MaxPool2d(2), nn.ReLU(),  # 12×12
             nn.Conv2d(24, 32, 3), nn.MaxPool2d(2), nn.ReLU(),  # 5×5
             nn.Flatten(),
-            nn.Linear(32 * 5 * 5, 256), nn.ReLU(),
+            nn.Linear(32 * side * side, 256), nn.ReLU(),
         )  # fmt: skip
         self.head = nn.Linear(256, outputs)
 
@@ -149,17 +170,20 @@ def nhwc(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
 
 
-def build_classifier(architecture: ClassifierArchitecture) -> nn.Module:
-    """The classifier an architecture describes: ten outputs, or one with a regression head."""
+def build_classifier(
+    architecture: ClassifierArchitecture, in_shape: Shape = IMAGE_SHAPE
+) -> nn.Module:
+    """The classifier an architecture describes, for images of `in_shape` (channels, height,
+    width: input_shape(data.dataset)): ten outputs, or one with a regression head."""
     outputs = 1 if architecture.head == "regression" else N_CLASSES
     if architecture.arch == "mlp":
         hidden = list(architecture.hidden)
-        return MLP(hidden, architecture.activation, architecture.dropout, outputs)
+        return MLP(hidden, architecture.activation, architecture.dropout, outputs, in_shape)
     if architecture.arch == "cnn":
-        return LabCNN(list(architecture.channels), outputs=outputs)
+        return LabCNN(list(architecture.channels), outputs=outputs, in_shape=in_shape)
     if architecture.arch == "fastcnn":
-        return FastCNN(outputs)
-    return LeNet5(outputs, architecture.width)
+        return FastCNN(outputs, in_shape)
+    return LeNet5(outputs, architecture.width, in_shape)
 
 
 class Generator(nn.Module):
@@ -315,6 +339,12 @@ def check_dataset(path: str | Path, checkpoint: dict[str, Any], dataset: str) ->
         )
 
 
+def saved_input_shape(checkpoint: dict[str, Any]) -> Shape:
+    """The input shape of a saved classifier: its dataset's (1×28×28 when it names none)."""
+    dataset = checkpoint.get("dataset")
+    return input_shape(dataset) if isinstance(dataset, str) and dataset in DATASETS else IMAGE_SHAPE
+
+
 def load_classifier(
     path: str | Path, expected: ClassifierArchitecture | None = None
 ) -> tuple[nn.Module, ClassifierArchitecture, dict[str, Any]]:
@@ -332,7 +362,7 @@ def load_classifier(
                 f"{path} was trained with classifier.{key}={have!r} but params.yaml "
                 f"has {want!r}: run `dvc repro train_classifier`"
             )
-    model = build_classifier(architecture)
+    model = build_classifier(architecture, saved_input_shape(checkpoint))
     _load_weights(path, model, checkpoint)
     return channels_last(model).eval(), architecture, checkpoint
 

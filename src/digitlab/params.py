@@ -22,7 +22,11 @@ from pydantic import (
 
 from digitlab.errors import DigitlabError, restore_hint
 
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+# Each dataset's images (channels, height, width) and official training images.
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
+MIN_TRAIN = 10_000  # training images data.val_size must leave
 Digit = int | Literal["all"]
 
 
@@ -41,7 +45,7 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    dataset: Literal["mnist", "fashion_mnist"]
+    dataset: Literal["mnist", "fashion_mnist", "cifar10"]
     val_size: int = Field(ge=10, le=50_000)
 
 
@@ -201,6 +205,21 @@ class Params(_Section):
         return list(range(10)) if self.digit == "all" else [int(self.digit)]
 
 
+def input_shape(dataset: str) -> tuple[int, int, int]:
+    """(channels, height, width) of a dataset's images: what a classifier for it takes."""
+    return IMAGE_SHAPES[dataset]
+
+
+def check_gan_dataset(params: Params) -> None:
+    """Refuse, before any work, a dataset the GAN cannot make: its networks make 1×28×28 images."""
+    if input_shape(params.data.dataset) != (1, 28, 28):
+        raise ParamsError(
+            f"data.dataset is {params.data.dataset}: the GAN makes 1×28×28 images; set "
+            "data.dataset to mnist or fashion_mnist (or run only the classifier stages: "
+            "dvc repro evaluate)"
+        )
+
+
 # ---------------------------------------------------------------- sizes that fit in memory
 
 IMAGE_PIXELS, N_CLASSES, MNIST_TRAIN = 28 * 28, 10, 60_000  # models.py builds on these too
@@ -220,21 +239,34 @@ def _linear_parameters(sizes: list[int]) -> int:
     return sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(sizes))
 
 
-def _classifier_sizes(c: ClassifierParams) -> tuple[str, int, int]:
-    """(the key that sets its size, parameters, floats kept per image while training)."""
+def _classifier_sizes(
+    c: ClassifierParams, shape: tuple[int, int, int] = (1, 28, 28)
+) -> tuple[str, int, int]:
+    """(the key that sets its size, parameters, floats kept per image while training) for
+    images of `shape` (channels, size, size)."""
+    channels, size, _ = shape
+    pixels = channels * size * size
     out = 1 if c.head == "regression" else N_CLASSES
     if c.arch == "mlp":
-        return ("classifier.hidden", _linear_parameters([IMAGE_PIXELS, *c.hidden, out]),
-                IMAGE_PIXELS + 3 * sum(c.hidden) + out)  # fmt: skip
+        return ("classifier.hidden", _linear_parameters([pixels, *c.hidden, out]),
+                pixels + 3 * sum(c.hidden) + out)  # fmt: skip
     if c.arch == "cnn":
         c1, c2, c3 = c.channels
-        weights = 9 * (c1 + c1 * c2 + c2 * c3) + c1 + c2 + c3 + 9 * c3 * out + out
-        return "classifier.channels", weights, 3 * (784 * c1 + 196 * c2 + 49 * c3) + 196 * c1
+        s1, s2, s3 = size // 2, size // 4, size // 8  # after each max-pool
+        weights = (9 * (channels * c1 + c1 * c2 + c2 * c3) + c1 + c2 + c3
+                   + s3 * s3 * c3 * out + out)  # fmt: skip
+        return ("classifier.channels", weights,
+                3 * (size * size * c1 + s1 * s1 * c2 + s2 * s2 * c3) + s1 * s1 * c1)  # fmt: skip
     if c.arch == "fastcnn":
-        weights = 24 * 26 + 32 * (24 * 9 + 1) + _linear_parameters([800, 256, out])
-        return "classifier.arch", weights, 3 * (576 * 24 + 100 * 32) + 144 * 24 + 800
-    w = c.width  # LeNet-5: conv 6w, conv 16w, 120w, 84w, out
-    weights = 25 * (6 * w + 6 * w * 16 * w) + 6 * w + 16 * w
+        a1, p1 = size - 4, (size - 4) // 2  # conv 5×5, pool
+        a2, p2 = p1 - 2, (p1 - 2) // 2  # conv 3×3, pool
+        weights = 600 * channels + 24 + 6912 + 32 + _linear_parameters([32 * p2 * p2, 256, out])
+        return ("classifier.arch", weights,
+                3 * (a1 * a1 * 24 + a2 * a2 * 32) + p1 * p1 * 24 + 32 * p2 * p2)  # fmt: skip
+    # LeNet-5, every layer `width` times as wide: 28×28 padded to 32×32, so both shapes give
+    # 6w×28×28 and 16w×10×10 activations
+    w = c.width
+    weights = 25 * (channels * 6 * w + 6 * w * 16 * w) + 6 * w + 16 * w
     weights += _linear_parameters([16 * w * 25, 120 * w, 84 * w, out])
     return "classifier.width", weights, w * (3 * (784 * 6 + 100 * 16) + 400)
 
@@ -262,15 +294,28 @@ def _conv_gan_sizes(gan: GANParams) -> tuple[int, int, int]:
     return g_weights, d_weights, 3 * 2 * (196 * c1 + 49 * c2) + 4 * IMAGE_PIXELS
 
 
+def check_val_size(params: Params, source: str = "params.yaml") -> None:
+    """Refuse a validation split that leaves fewer than MIN_TRAIN images to train on (CIFAR-10
+    has 50,000 training images, the MNISTs 60,000)."""
+    data = params.data
+    most = TRAIN_IMAGES[data.dataset] - MIN_TRAIN
+    if data.val_size > most:
+        raise ParamsError(
+            f"{source}: data.val_size = {data.val_size!r} is not allowed: {data.dataset} has "
+            f"{TRAIN_IMAGES[data.dataset]:,} training images; at most {most:,} for validation "
+            f"leaves {MIN_TRAIN:,} to train on"
+        )
+
+
 def check_sizes(params: Params, memory: int, source: str = "params.yaml") -> None:
     """Refuse, before any work, a network or a batch that cannot be trained in `memory` bytes:
     half of it for the networks (TRAIN_COPIES copies of the weights), half for one batch's
     activations (forward values and their gradients)."""
     budget = memory // 2
     c, gan = params.classifier, params.gan
-    n_train = MNIST_TRAIN - params.data.val_size
+    n_train = TRAIN_IMAGES[params.data.dataset] - params.data.val_size
     batch = n_train if c.batch_size == 0 else min(c.batch_size, n_train)
-    key, weights, per_image = _classifier_sizes(c)
+    key, weights, per_image = _classifier_sizes(c, input_shape(params.data.dataset))
     g_key, d_key, (g_weights, d_weights, gan_per_image) = (
         ("gan.channels", "gan.channels", _conv_gan_sizes(gan))
         if gan.arch == "conv"
@@ -330,6 +375,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_one_line(exc.errors()[0], source)) from None
+    check_val_size(params, source)
     check_sizes(params, machine_memory(), source)
     return params
 

@@ -13,7 +13,8 @@ from digitlab.files import atomic_path
 
 
 def grid_image(images: torch.Tensor, nrow: int, scale: int = 2, padding: int = 2) -> torch.Tensor:
-    """Tile N×1×28×28 images in [0, 1] into one 3×H×W image, digits scaled up without blur."""
+    """Tile N×1×28×28 (or N×3×32×32 colour) images in [0, 1] into one 3×H×W image, scaled up
+    without blur."""
     from torchvision.utils import make_grid
 
     images = images.detach().float().cpu().clamp(0, 1)
@@ -114,7 +115,7 @@ def breakdown_bars(table: pd.DataFrame, path: str | Path) -> None:
 def labelled_grid(
     images: torch.Tensor, labels: list[str], path: str | Path, title: str, ncols: int = 8
 ) -> None:
-    """Images with a caption each (nearest-neighbour, no blur)."""
+    """Images (1 channel: grey, 3: colour) with a caption each (nearest-neighbour, no blur)."""
     import matplotlib.pyplot as plt
 
     n = max(len(images), 1)
@@ -123,7 +124,8 @@ def labelled_grid(
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels, strict=False):
-        ax.imshow(image.squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        pixels = image.permute(1, 2, 0) if image.shape[0] == 3 else image.squeeze(0)
+        ax.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(label, fontsize=8)
     fig.suptitle(title)
     save_figure(fig, path)
