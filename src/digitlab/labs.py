@@ -15,6 +15,7 @@ import copy
 import html
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -255,8 +256,12 @@ def run_queue(names: list[str], jobs: int, log: Path, poll: float = 10) -> dict[
     """Start `jobs` queue workers and wait until every named experiment ended; prints each as
     it ends. Returns {name: Success | Failed}."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    # each worker's torch gets its share of the cores: two workers with a thread per core
+    # each would make OpenMP's threads wait on each other
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     with log.open("a") as out:  # the workers inherit these: a pipe would wait for them
-        subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], stdout=out,
+        subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], stdout=out, env=env,
                        stderr=subprocess.STDOUT, timeout=COMMAND_TIMEOUT, check=True)  # fmt: skip
     start, ended = time.monotonic(), {}
     while len(ended) < len(names):
