@@ -230,6 +230,7 @@ def queue(labs: list[Lab]) -> list[str]:
     setups = [(lab, setup) for lab in labs for setup in lab.setups]
     names = [setup.name for _, setup in setups]
     dvc("exp", "remove", *names, check=False)  # names not there only warn
+    dvc("queue", "remove", *names, check=False)  # and their earlier tasks, ended or not
     turns = itertools.zip_longest(*([(lab, s) for s in lab.setups] for lab in labs))
     for lab, setup in (pair for turn in turns for pair in turn if pair):
         dvc(
@@ -247,9 +248,12 @@ def queue(labs: list[Lab]) -> list[str]:
 def queue_status() -> dict[str, str]:
     """`dvc queue status` as {experiment name: Queued | Running | Success | Failed}."""
     rows = [line.split() for line in dvc("queue", "status").stdout.splitlines()[1:]]
-    return {
-        row[1]: row[-1] for row in rows if len(row) >= 3 and re.fullmatch(r"[0-9a-f]{7}", row[0])
-    }
+    status: dict[str, str] = {}
+    for row in rows:
+        task = len(row) >= 3 and re.fullmatch(r"[0-9a-f]{7}", row[0])
+        if task and status.get(row[1]) not in ("Queued", "Running"):  # a live task wins
+            status[row[1]] = row[-1]
+    return status
 
 
 def run_queue(names: list[str], jobs: int, log: Path, poll: float = 10) -> dict[str, str]:
