@@ -473,15 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("labs", nargs="*", help="lab names (labs/<name>.yaml)")
     run.add_argument("--all", action="store_true", help="every lab")
     run.add_argument("-j", "--jobs", type=int, default=2, help="queue workers (default 2)")
-    report = sub.add_parser("report", help="write reports/labs.md from the experiments")
-    report.add_argument("labs", nargs="*")
+    sub.add_parser("report", help="write reports/labs.md from every lab's experiments")
     args = parser.parse_args(argv)
     try:
         if args.command == "run" and not (args.labs or args.all):
             raise LabError("name the labs to run (make lab LAB=lab4), or --all (make labs)")
-        labs = load_labs(
-            None if args.command == "list" or getattr(args, "all", False) else args.labs or None
-        )
+        # every lab file is validated, whichever run; a run queues only the ones named
+        labs = load_labs()
+        if args.command == "run" and not args.all:
+            labs = load_labs(args.labs)
         if args.command == "list":
             for lab in labs:
                 print(f"{lab.name}: {lab.spec.title} ({len(lab.setups)} experiments)")
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 tail = dvc("queue", "logs", name, check=False).stdout.strip().splitlines()[-5:]
                 print(f"labs: {name} failed:\n  " + "\n  ".join(tail), file=sys.stderr)
             ok = not failed
-        print(write_report(labs))
+        print(write_report(load_labs()))  # every lab's latest figures, not only the ones run
         print(f"labs: wrote {REPORT}")
         return 0 if ok else 1
     except DigitlabError as exc:
