@@ -29,13 +29,20 @@ import yaml
 from torch import nn
 
 from benchmarks.render import write_tables
+from digitlab.checkpoints import load_classifier
 from digitlab.data import Split, load_split
 from digitlab.files import write_json
 from digitlab.gan import fit_gan
-from digitlab.inference import generate, predict_logits, probabilities
+from digitlab.inference import generate, predict_logits, predict_probabilities
 from digitlab.metrics import decent_rate, frechet_distance
-from digitlab.models import build_classifier, load_classifier
-from digitlab.params import ClassifierParams, Params, load_params, parse_params
+from digitlab.models import build_classifier
+from digitlab.params import (
+    ClassifierArchitecture,
+    ClassifierParams,
+    Params,
+    load_params,
+    parse_params,
+)
 from digitlab.train import fit_classifier
 
 CPU = torch.device("cpu")
@@ -256,7 +263,7 @@ class FrechetJudge:
 
 
 def gan_time_to_frechet(
-    params: Params, real: torch.Tensor, judge: FrechetJudge, classifier_loss: str,
+    params: Params, real: torch.Tensor, judge: FrechetJudge, architecture: ClassifierArchitecture,
     target: float = FRECHET_TARGET, n_samples: int = GAN_SAMPLES,
 ) -> dict[str, Any]:  # fmt: skip
     """digitlab's GAN at `params`: training seconds until the generator it would save first
@@ -272,7 +279,7 @@ def gan_time_to_frechet(
         with watch.paused() as seconds:
             samples = generate(saved, n_samples, params.seed, CPU)
             ratio = judge.ratio(samples)
-            probs = probabilities(predict_logits(judge.classifier, samples, CPU), classifier_loss)
+            probs = predict_probabilities(judge.classifier, architecture, samples, CPU)
             rate = decent_rate(probs, params.digits, params.gan_eval.threshold)
         curve.append({"check": len(curve) + 1, "g_step": g_step, "seconds": seconds,
                       "frechet_ratio": ratio, "decent_rate": rate})  # fmt: skip
@@ -468,7 +475,7 @@ def run(params: Params, prepared: Path, raw_dir: Path, revisit: tuple[str, Any] 
         digits = params.digits
         real = train.of_digits(digits).images
         judge = FrechetJudge(model, real, test.of_digits(digits).images)
-        ours = gan_time_to_frechet(params, real, judge, architecture.loss)
+        ours = gan_time_to_frechet(params, real, judge, architecture)
         ours_s = ours["seconds_to_frechet_2"]
         limit = 3 * (ours_s if ours_s is not None else ours["curve"][-1]["seconds"])
         theirs = pytorch_gan_time_to_frechet(real, judge, seed, max_seconds=limit)

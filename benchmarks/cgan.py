@@ -18,13 +18,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from benchmarks.bench import recipe_params
+from digitlab.checkpoints import load_classifier
 from digitlab.data import Split, load_split
 from digitlab.files import write_json
 from digitlab.gan import fit_gan
-from digitlab.inference import generate, predict_logits, probabilities, requested_digits
+from digitlab.inference import generate, judge, requested_digits
 from digitlab.metrics import gan_quality
-from digitlab.models import load_classifier
-from digitlab.params import load_params
+from digitlab.params import ClassifierArchitecture, load_params
 
 CPU = torch.device("cpu")
 DIGITS = list(range(10))
@@ -132,18 +132,15 @@ def cgan_samples(G: nn.Module, labels: torch.Tensor, seed: int) -> torch.Tensor:
 class Judge:
     """evaluate_gan's metrics with the pipeline's classifier, for samples of requested digits."""
 
-    def __init__(self, classifier: nn.Module, loss: str, real: dict[str, Split]) -> None:
-        self.classifier, self.loss, self.real = classifier, loss, real
-        self.features = {name: predict_logits(classifier, split.images, CPU, features=True)
-                         for name, split in real.items()}  # fmt: skip
-        self.real_probs = probabilities(predict_logits(classifier, real["test"].images, CPU), loss)
+    def __init__(
+        self, classifier: nn.Module, architecture: ClassifierArchitecture, real: dict[str, Split]
+    ) -> None:
+        self.classifier, self.architecture, self.real = classifier, architecture, real
 
     def __call__(self, samples: torch.Tensor, requested: torch.Tensor) -> dict[str, Any]:
-        probs = probabilities(predict_logits(self.classifier, samples, CPU), self.loss)
-        features = {**self.features,
-                    "samples": predict_logits(self.classifier, samples, CPU, features=True)}  # fmt: skip
-        quality = gan_quality(samples, requested, probs, self.real_probs, features, self.real,
-                              DIGITS, 0.9)  # fmt: skip
+        judged = judge(self.classifier, self.architecture, samples, self.real, CPU)
+        headline, details = gan_quality(samples, requested, *judged, self.real, DIGITS, 0.9)
+        quality = {**headline, **details}
         per_digit = {k: round(row["decent_rate"], 4) for k, row in quality["per_digit"].items()}
         return {**{key: quality[key] for key in KEPT}, "decent_rate_per_digit": per_digit}
 
@@ -156,7 +153,7 @@ def run(prepared: Path, classifier_path: Path, n_samples: int, epochs: int | Non
     train = load_split(prepared, "train")
     real = {name: load_split(prepared, name) for name in ("test", "train")}
     model, architecture, _ = load_classifier(classifier_path)
-    judge = Judge(model, architecture.loss, real)
+    judge = Judge(model, architecture, real)
     threshold = params.gan_eval.threshold
     requested = requested_digits(n_samples, DIGITS)
 

@@ -6,71 +6,59 @@ PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the sl
 
 from pathlib import Path
 
-import mlflow
-import pandas as pd
-
+from digitlab.checkpoints import check_dataset, load_classifier
 from digitlab.data import CLASS_NAMES, load_split
-from digitlab.errors import run_main
+from digitlab.device import pick_device
 from digitlab.files import atomic_dir, write_json, write_text
-from digitlab.inference import predict_logits, probabilities
-from digitlab.metrics import classifier_report, mlflow_metrics
-from digitlab.models import check_dataset, load_classifier, pick_device
-from digitlab.plots import breakdown_bars, confusion_heatmap, labelled_grid
+from digitlab.inference import predict_probabilities
+from digitlab.metrics import (
+    classifier_report,
+    confusion_frame,
+    most_confident_mistakes,
+    predictions_frame,
+)
+from digitlab.plots import breakdown_bars, confusion_heatmap, mistakes_grid
+from digitlab.stopping import run_main
 from digitlab.tracking import stage_run
 
 MODEL = Path("models/classifier.pt")
 REPORTS = Path("reports/classifier")
-N_MISTAKES = 32
 
 
 def main() -> None:
-    params = PARAMS
-    model, architecture, checkpoint = load_classifier(MODEL, params.classifier.architecture())
-    check_dataset(MODEL, checkpoint, params.data.dataset)
-    test = load_split("data/prepared", "test")
-    names = CLASS_NAMES[params.data.dataset]
-    logged = {
-        "digit": params.digit,
-        "classifier": architecture.model_dump(),
-        "n_parameters": checkpoint["n_parameters"],
-    }
-    with stage_run("evaluate", params, logged, data_context="testing"):
-        probs = probabilities(predict_logits(model, test.images, pick_device()), architecture.loss)
-        metrics, confusion, table = classifier_report(test.labels, probs, params.digits)
-        predicted = probs.argmax(1)
-        # score: the probability of the chosen digit (of the predicted one with digit: all)
-        score = probs[:, params.digit] if params.digit != "all" else probs.max(1).values
-        predictions = pd.DataFrame({"index": range(len(test)), "true": test.labels.numpy(),
-                                    "predicted": predicted.numpy(), "score": score.numpy().round(6)})  # fmt: skip
+    model, architecture, checkpoint = load_classifier(MODEL, PARAMS.classifier.architecture())
+    check_dataset(MODEL, checkpoint, PARAMS.data.dataset)
+    test, names = load_split("data/prepared", "test"), CLASS_NAMES[PARAMS.data.dataset]
+    logged = {"digit": PARAMS.digit, "classifier": architecture.model_dump()}
+    logged["n_parameters"] = checkpoint["n_parameters"]
+    with stage_run("evaluate", PARAMS, logged, data_context="testing") as run:
+        probs = predict_probabilities(model, architecture, test.images, pick_device())
+        metrics, details, confusion, table = classifier_report(test.labels, probs, PARAMS.digits)
         write_json(REPORTS / "metrics.json", metrics)
+        write_json(REPORTS / "details.json", details)
+        predictions = predictions_frame(probs, test.labels, PARAMS.digit)
         write_text(REPORTS / "predictions.csv", predictions.to_csv(index=False))
         write_text(REPORTS / "breakdown.csv", table.to_csv(index=False))
-        matrix = pd.DataFrame(
-            confusion.numpy(), index=pd.Index(range(10), name="true"), columns=range(10)
-        )
-        write_text(REPORTS / "confusion.csv", matrix.to_csv())
-
-        wrong = (predicted != test.labels).nonzero().squeeze(1)
-        worst = wrong[probs[wrong, predicted[wrong]].argsort(descending=True)[:N_MISTAKES]]
-        captions = [
-            f"{names[test.labels[i]]} → {names[predicted[i]]}\np={probs[i, predicted[i]]:.2f}"
-            for i in worst
-        ]
+        write_text(REPORTS / "confusion.csv", confusion_frame(confusion).to_csv())
+        worst = most_confident_mistakes(probs, test.labels)
         with atomic_dir(REPORTS / "figures") as figures:
             confusion_heatmap(confusion, figures / "confusion.png", names)
             breakdown_bars(table, figures / "breakdown.png")
-            labelled_grid(test.images[worst], captions, figures / "mistakes.png",
-                          f"The {len(worst)} most confident mistakes (true → predicted)")  # fmt: skip
-        mlflow.log_metrics(mlflow_metrics(metrics))
-        mlflow.log_artifacts(str(REPORTS / "figures"), "figures")
-        for name in ("metrics.json", "breakdown.csv", "confusion.csv"):
-            mlflow.log_artifact(str(REPORTS / name), "classifier")
-        detector = metrics["detector"]
-        line = f"accuracy {metrics['accuracy']:.4f}"
-        if params.digit != "all":
-            line += (f"; detector for {params.digit}: accuracy {detector['accuracy']:.4f}, precision "
-                     f"{detector['precision']:.4f}, recall {detector['recall']:.4f}")  # fmt: skip
-        print(f"evaluate: {line}")
+            mistakes_grid(
+                test.images[worst],
+                test.labels[worst],
+                probs[worst],
+                names,
+                figures / "mistakes.png",
+            )
+        run.log_metrics({**metrics, **details}, prefix="test")
+        files = ["figures", "metrics.json", "details.json", "breakdown.csv", "confusion.csv"]
+        run.log_artifacts([REPORTS / name for name in files], "classifier")
+        d = metrics["detector"]
+        print(
+            f"evaluate: accuracy {metrics['accuracy']:.4f}; detector for {PARAMS.digit}: accuracy "
+            f"{d['accuracy']:.4f}, precision {d['precision']:.4f}, recall {d['recall']:.4f}"
+        )
 
 
 if __name__ == "__main__":

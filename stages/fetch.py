@@ -7,20 +7,17 @@ PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the sl
 
 from pathlib import Path
 
-import mlflow
-
-from digitlab.data import checksums, fetch_raw
-from digitlab.errors import run_main
+from digitlab.raw import checksums, fetch_raw
+from digitlab.stopping import run_main
 from digitlab.tracking import stage_run
 
 
 def main() -> None:
-    params = PARAMS
-    dataset = params.data.dataset
-    with stage_run("fetch", params, {"data.dataset": dataset}):
+    dataset = PARAMS.data.dataset
+    with stage_run("fetch", PARAMS, {"data.dataset": dataset}) as run:
         source = fetch_raw(dataset, Path("data/raw") / dataset)
         algorithm, digests = checksums(dataset)
-        mlflow.set_tags(
+        run.set_tags(
             {"fetch.source": source, **{f"{algorithm}.{k}": v for k, v in digests.items()}}
         )
 

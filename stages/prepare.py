@@ -6,31 +6,26 @@ PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the sl
 
 from pathlib import Path
 
-import mlflow
-
 from digitlab.data import load_split, prepare
-from digitlab.errors import run_main
 from digitlab.files import write_json
 from digitlab.plots import class_rows, save_grid
-from digitlab.tracking import flatten, stage_run
+from digitlab.raw import read_verified
+from digitlab.stopping import run_main
+from digitlab.tracking import stage_run
 
 PREPARED = Path("data/prepared")
 REPORTS = Path("reports/data")
 
 
 def main() -> None:
-    params = PARAMS
-    data = params.data
-    with stage_run("prepare", params, {"data": data.model_dump(), "seed": params.seed}):
-        summary = prepare(
-            Path("data/raw") / data.dataset, PREPARED, data.dataset, data.val_size, params.seed
-        )
+    data = PARAMS.data
+    with stage_run("prepare", PARAMS, {"data": data.model_dump(), "seed": PARAMS.seed}) as run:
+        train, test = read_verified(Path("data/raw") / data.dataset, data.dataset)
+        summary = prepare(data.dataset, train, test, PREPARED, data.val_size, PARAMS.seed)
         write_json(REPORTS / "summary.json", summary)
         save_grid(class_rows(load_split(PREPARED, "train")), REPORTS / "examples.png", nrow=10)
-        numbers = {k: v for k, v in flatten(summary, sep="/").items() if not isinstance(v, str)}
-        mlflow.log_metrics(numbers)
-        mlflow.log_artifact(str(REPORTS / "summary.json"), "data")
-        mlflow.log_artifact(str(REPORTS / "examples.png"), "data")
+        run.log_metrics(summary)
+        run.log_artifacts([REPORTS / "summary.json", REPORTS / "examples.png"], "data")
 
 
 if __name__ == "__main__":

@@ -7,19 +7,17 @@ PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the sl
 from dataclasses import replace
 from pathlib import Path
 
-import mlflow
-
-from digitlab.errors import run_main
 from digitlab.files import atomic_path, write_text
 from digitlab.report import build_report, latest_stage_runs, progress_gif
+from digitlab.stopping import run_main
 from digitlab.tracking import PIPELINE_TAG, experiment_name, stage_run
 
 GIF = Path("reports/gan/progress.gif")
+PAGE = Path("reports/index.html")
 
 
 def main() -> None:
-    params = PARAMS
-    with stage_run("report", params, {}) as run:
+    with stage_run("report", PARAMS, {}) as run:
         frames = sorted(Path("reports/gan/progress").glob("step_*.png"))
         with atomic_path(GIF) as tmp:
             progress_gif(frames, tmp)
@@ -29,11 +27,9 @@ def main() -> None:
             report=run.info.run_id,
             pipeline=run.data.tags.get("mlflow.parentRunId"),
         )
-        write_text("reports/index.html", build_report(Path("."), runs, GIF))
-        mlflow.log_artifact("reports/index.html", "report")
-        print(
-            f"report: reports/index.html ({Path('reports/index.html').stat().st_size / 1e6:.1f} MB)"
-        )
+        write_text(PAGE, build_report(Path("."), runs, GIF))
+        run.log_artifacts([PAGE], "report")
+        print(f"report: {PAGE} ({PAGE.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

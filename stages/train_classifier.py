@@ -6,17 +6,18 @@ PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the sl
 
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import torch
 
+from digitlab.checkpoints import save_checkpoint
 from digitlab.data import load_split
-from digitlab.errors import run_main
-from digitlab.files import atomic_path, write_text
-from digitlab.models import build_classifier, n_parameters, pick_device, save_checkpoint
+from digitlab.device import pick_device
+from digitlab.files import write_text
+from digitlab.models import build_classifier, n_parameters
 from digitlab.params import input_shape
 from digitlab.plots import training_curves
-from digitlab.tracking import stage_run
+from digitlab.stopping import run_main
+from digitlab.tracking import StageRun, stage_run
 from digitlab.train import fit_classifier
 
 PREPARED = Path("data/prepared")
@@ -25,45 +26,47 @@ REPORTS = Path("reports/classifier")
 CLASSIFIER = "digitlab-classifier"  # its name in MLflow's model registry
 
 
+def log_epoch(run: StageRun, row: dict[str, float]) -> None:
+    """One epoch's figures to MLflow and the terminal."""
+    metrics = {
+        k.replace("_", "/", 1): row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")
+    }
+    metrics |= {"train/lr": row["lr"], "train/epoch_seconds": row["seconds"]}
+    run.log_metrics(metrics, step=int(row["epoch"]))
+    print(
+        f"epoch {row['epoch']:>3}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+        f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['seconds']:.1f} s"
+    )
+
+
 def main() -> None:
-    params = PARAMS
-    cfg = params.classifier
+    cfg, dataset = PARAMS.classifier, PARAMS.data.dataset
     train, val = load_split(PREPARED, "train"), load_split(PREPARED, "val")
-    logged = {"classifier": cfg.model_dump(), "seed": params.seed}
-    with stage_run("train_classifier", params, logged, "training", system_metrics=True) as run:
-        torch.manual_seed(params.seed)
-        model = build_classifier(cfg.architecture(), input_shape(params.data.dataset))
-        device = pick_device()
-        size = n_parameters(model)
-        mlflow.log_param("n_parameters", size)
+    logged = {"classifier": cfg.model_dump(), "seed": PARAMS.seed}
+    with stage_run("train_classifier", PARAMS, logged, "training", system_metrics=True) as run:
+        torch.manual_seed(PARAMS.seed)
+        model = build_classifier(cfg.architecture(), input_shape(dataset))
+        device, size = pick_device(), n_parameters(model)
+        run.log_params({"n_parameters": size})
         print(f"train_classifier: {cfg.arch}, {size:,} parameters, {cfg.loss} loss, on {device}")
-
-        def log_epoch(row: dict[str, float]) -> None:
-            names = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss",
-                     "val_acc": "val/acc", "lr": "train/lr", "seconds": "train/epoch_seconds"}  # fmt: skip
-            mlflow.log_metrics(
-                {names[k]: v for k, v in row.items() if k in names}, step=int(row["epoch"])
-            )
-            print(f"epoch {row['epoch']:>3}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
-                  f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['seconds']:.1f} s")  # fmt: skip
-
-        result = fit_classifier(model, train, val, cfg, params.seed, device, log_epoch)
+        result = fit_classifier(
+            model, train, val, cfg, PARAMS.seed, device, on_epoch=lambda row: log_epoch(run, row)
+        )
         model.load_state_dict(result.state_dict)
         history = pd.DataFrame(result.history)
-        best = history.iloc[result.best_epoch - 1]
-        with atomic_path(MODEL) as tmp:
-            save_checkpoint(tmp, "classifier", cfg.architecture(), model, dataset=params.data.dataset,
-                            best_epoch=result.best_epoch, n_parameters=size)  # fmt: skip
+        extra = {"dataset": dataset, "best_epoch": result.best_epoch, "n_parameters": size}
+        save_checkpoint(MODEL, "classifier", cfg.architecture(), model, **extra)
         write_text(REPORTS / "history.csv", history.to_csv(index=False))
         title = f"{cfg.arch} ({size:,} parameters), best epoch {result.best_epoch}"
         training_curves(history, REPORTS / "curves.png", title)
-        mlflow.log_metrics({"best/epoch": result.best_epoch, "best/val_acc": best["val_acc"],
-                            "train/seconds": history["seconds"].sum()})  # fmt: skip
-        dataset = params.data.dataset
-        run.log_model(model, CLASSIFIER, example=val.images[:5], alias=f"latest-{dataset}",
-                      tags={"dataset": dataset, "arch": cfg.arch})  # fmt: skip
-        mlflow.log_artifact(str(REPORTS / "history.csv"), "classifier")
-        mlflow.log_artifact(str(REPORTS / "curves.png"), "classifier")
+        best = {
+            "epoch": result.best_epoch,
+            "val_acc": result.history[result.best_epoch - 1]["val_acc"],
+        }
+        run.log_metrics({"best": best, "train/seconds": history["seconds"].sum()})
+        tags = {"dataset": dataset, "arch": cfg.arch}
+        run.log_model(model, CLASSIFIER, val.images[:5], f"latest-{dataset}", tags)
+        run.log_artifacts([REPORTS / "history.csv", REPORTS / "curves.png"], "classifier")
         print(f"train_classifier: best epoch {result.best_epoch}, val acc {best['val_acc']:.4f}")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from digitlab.data import Source, _copy_from_dir, fetch_raw, prepare, sources_for
+from digitlab.data import prepare
+from digitlab.raw import Source, _copy_from_dir, fetch_raw, read_verified, sources_for
 from helpers import (
     ALL_STAGES,
     ROOT,
@@ -17,6 +18,7 @@ from helpers import (
     copy_repo,
     dvc,
     git,
+    make_cifar,
     pipeline_env,
     ran_stages,
     set_param,
@@ -36,11 +38,18 @@ def raw_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.fixture
+def cifar(tmp_path: Path) -> Path:
+    """CIFAR-10's seven python-version files, generated (helpers.make_cifar)."""
+    return make_cifar(tmp_path / "batches")
+
+
 @pytest.fixture(scope="session")
 def prepared(raw_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """data/prepared for real MNIST with the default split (val 5,000, seed 0), and its summary."""
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    summary = prepare(raw_mnist, out, "mnist", val_size=5000, seed=0)
+    train, test = read_verified(raw_mnist, "mnist")
+    summary = prepare("mnist", train, test, out, val_size=5000, seed=0)
     return out, summary
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -17,11 +18,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
-from digitlab.data import RAW_DIR_ENV
+from digitlab.data import CLASS_NAMES
+from digitlab.errors import DigitlabError
 from digitlab.params import Params, parse_params
+from digitlab.raw import CIFAR_FILES, RAW_DIR_ENV
 from digitlab.tracking import KIND_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +185,51 @@ def outputs_snapshot(repo: Path) -> dict[str, bytes]:
         for p in sorted((repo / folder).rglob("*"))
         if p.is_file()
     }
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A YAML flow sequence whose last item expands to 10**levels leaves (a "billion laughs"):
+    each level's anchor is ten aliases of the one before."""
+    items = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    items += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return f"[{', '.join(items)}]"
+
+
+# ---------------------------------------------------------------- CIFAR-10, generated
+
+PER_BATCH = 50  # images per generated batch: 250 training images, 50 test images
+
+
+def write_batch(path: Path, data: np.ndarray, labels: list[int]) -> None:
+    """A batch pickled like CIFAR-10's python version (bytes keys, N×3072 uint8 rows)."""
+    names = [f"image_{i}.png".encode() for i in range(len(labels))]
+    batch = {b"batch_label": path.name.encode(), b"labels": labels, b"data": data,
+             b"filenames": names}  # fmt: skip
+    path.write_bytes(pickle.dumps(batch))
+
+
+def make_cifar(directory: Path) -> Path:
+    """The seven python-version files, random pixels, labels 0-9 in turn; the first training
+    image has its red plane all 255, green 0 and blue 128."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in CIFAR_FILES[:-1]:
+        data = rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8)
+        if name == "data_batch_1":
+            data[0, :1024], data[0, 1024:2048], data[0, 2048:] = 255, 0, 128
+        write_batch(directory / name, data, [i % 10 for i in range(PER_BATCH)])
+    meta = {b"label_names": [n.encode() for n in CLASS_NAMES["cifar10"]], b"num_vis": 3072,
+            b"num_cases_per_batch": PER_BATCH}  # fmt: skip
+    (directory / "batches.meta").write_bytes(pickle.dumps(meta))
+    return directory
+
+
+def one_line_error(call, *args) -> str:
+    with pytest.raises(DigitlabError) as info:
+        call(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 # ---------------------------------------------------------------- servers

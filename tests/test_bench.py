@@ -37,7 +37,8 @@ from benchmarks.render import END, START, render, update
 from digitlab.data import Split, load_split
 from digitlab.errors import DigitlabError
 from digitlab.inference import requested_digits
-from digitlab.models import MLP, n_parameters
+from digitlab.models import build_classifier, n_parameters
+from digitlab.params import ClassifierArchitecture
 from digitlab.train import fit_classifier
 from helpers import repo_params
 
@@ -91,20 +92,27 @@ def test_fast_recipe_is_valid_params() -> None:
         recipe_params(params, {"classifier.epochs": 0})
 
 
+def small_mlp() -> ClassifierArchitecture:
+    """784 → 32 ReLU → 10, cross-entropy: a judge trained in seconds."""
+    changes = {"classifier.arch": "mlp", "classifier.hidden": [32], "classifier.activation": "relu"}
+    return repo_params(**changes).classifier.architecture()
+
+
 def test_gan_time_to_frechet_judges_both_gans_the_same_way(prepared: tuple[Path, dict]) -> None:
     train, val, test = (load_split(prepared[0], name) for name in ("train", "val", "test"))
     params = repo_params(**{"gan.epochs": 2, "gan.discriminator.hidden": [64, 32]})
-    classifier = MLP([32], "relu", 0.0)
+    arch = small_mlp()
+    classifier = build_classifier(arch)
     fit_classifier(classifier, small(train, 2000), val, params.classifier.model_copy(
         update={"epochs": 1, "scheduler": "none"}), 0, torch.device("cpu"))  # fmt: skip
     real = train.of_digits([3]).images[:640]
     judge = FrechetJudge(classifier, real, test.of_digits([3]).images)
     assert judge.floor > 0 and judge.ratio(real[:200]) < judge.ratio(torch.rand(200, 1, 28, 28))
-    never = gan_time_to_frechet(params, real, judge, "ce", target=0.0, n_samples=200)
+    never = gan_time_to_frechet(params, real, judge, arch, target=0.0, n_samples=200)
     assert [p["g_step"] for p in never["curve"]] == [10, 20]
     assert never["seconds_to_frechet_2"] is None
     assert all(p["frechet_ratio"] > 0 and 0 <= p["decent_rate"] <= 1 for p in never["curve"])
-    first = gan_time_to_frechet(params, real, judge, "ce", target=1e9, n_samples=200)
+    first = gan_time_to_frechet(params, real, judge, arch, target=1e9, n_samples=200)
     assert len(first["curve"]) == 1
     assert first["seconds_to_frechet_2"] == first["curve"][0]["seconds"] > 0
     # PyTorch-GAN's vanilla networks, as its gan.py builds them, stopped by the time limit
@@ -174,13 +182,13 @@ def test_pytorch_gan_cgan_recipe_trains_and_both_are_judged_alike(
     samples = cgan_samples(G, asked, seed=0)
     assert samples.shape == (200, 1, 28, 28) and samples.min() >= 0 and samples.max() <= 1
     torch.manual_seed(0)
-    judge_net = MLP([32], "relu", 0.0)
+    judge_net = build_classifier(small_mlp())
     fit_classifier(judge_net, real["train"], small(real["test"], 500),
                    recipe_params(repo_params(), {"classifier.arch": "mlp", "classifier.epochs": 1,
                                                  "classifier.augment.shift": 0, "classifier.augment.rotate": 0,
                                                  "classifier.augment.scale": 0}).classifier, 0,
                    torch.device("cpu"))  # fmt: skip
-    judge = Judge(judge_net, "ce", real)
+    judge = Judge(judge_net, small_mlp(), real)
     test = real["test"]
     order = test.labels.argsort(stable=True)
     as_asked = judge(test.images[order], test.labels[order])

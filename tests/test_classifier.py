@@ -1,18 +1,23 @@
-"""Classifier: models, losses, training loop, metrics and checkpoints, on real MNIST."""
+"""Classifier: every registered network, losses, the training loop, metrics and checkpoints, on
+real MNIST (and generated CIFAR-10 batches for 3×32×32 images)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from digitlab.data import Split, load_split
+from digitlab.checkpoints import load_classifier, save_checkpoint
+from digitlab.data import Split, load_split, normalize
 from digitlab.errors import DigitlabError
+from digitlab.flat import flatten
 from digitlab.inference import eval_batch, predict_logits
-from digitlab.metrics import breakdown, classifier_report, detector_metrics, mlflow_metrics
-from digitlab.models import build_classifier, load_classifier, n_parameters, save_checkpoint
-from digitlab.params import AugmentParams, ClassifierParams
+from digitlab.metrics import breakdown, classifier_report, detector_metrics
+from digitlab.models import CLASSIFIERS, build_classifier, n_parameters
+from digitlab.params import AugmentParams, ClassifierParams, input_shape
+from digitlab.raw import read_raw
 from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, random_affine
 from helpers import repo_params
 
@@ -37,7 +42,7 @@ def splits(prepared: tuple[Path, dict]) -> dict[str, Split]:
 
 
 @pytest.mark.parametrize("loss", ["bce", "ce", "mse"])
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "lenet5", "fastcnn"])
+@pytest.mark.parametrize("arch", list(CLASSIFIERS))
 def test_each_arch_and_loss_learns(splits: dict[str, Split], arch: str, loss: str) -> None:
     cfg = classifier_params(arch=arch, loss=loss)
     torch.manual_seed(0)
@@ -47,13 +52,13 @@ def test_each_arch_and_loss_learns(splits: dict[str, Split], arch: str, loss: st
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.eval()  # no dropout: the same batch must score better after the steps
     with torch.no_grad():
-        before = classifier_loss(model(x), y, loss).item()
+        before = classifier_loss(model(x), y, cfg).item()
     for _ in range(3):
         optimizer.zero_grad()
-        classifier_loss(model(x), y, loss).backward()
+        classifier_loss(model(x), y, cfg).backward()
         optimizer.step()
     with torch.no_grad():
-        after = classifier_loss(model(x), y, loss).item()
+        after = classifier_loss(model(x), y, cfg).item()
     assert after < before
 
 
@@ -73,16 +78,16 @@ def test_metrics_match_hand_computed_values() -> None:
     true = torch.tensor([3, 3, 3, 3, 5, 5, 8, 1, 7, 2])
     pred = torch.tensor([3, 5, 3, 8, 3, 5, 8, 3, 3, 2])
     probs = torch.nn.functional.one_hot(pred, 10).float()
-    metrics, confusion, table = classifier_report(true, probs, [3])
+    metrics, details, confusion, table = classifier_report(true, probs, [3])
     # digit 3: TP = 2 (0, 2); FP = 3 (4: 5→3, 7: 1→3, 8: 7→3); FN = 2 (1: →5, 3: →8); TN = 3
     assert metrics["accuracy"] == pytest.approx(5 / 10)
-    assert metrics["detector"] == {
-        "accuracy": pytest.approx(5 / 10),
-        "precision": pytest.approx(2 / 5),
-        "recall": pytest.approx(2 / 4),
-        "f1": pytest.approx(2 * 0.4 * 0.5 / 0.9),
-        "tp": 2, "fp": 3, "fn": 2, "tn": 3,
-    }  # fmt: skip
+    headline = {"accuracy": pytest.approx(5 / 10), "precision": pytest.approx(2 / 5),
+                "recall": pytest.approx(2 / 4), "f1": pytest.approx(2 * 0.4 * 0.5 / 0.9)}  # fmt: skip
+    assert metrics["detector"] == headline
+    assert details == {
+        "n_test": 10,
+        "per_digit": {"3": {**headline, "tp": 2, "fp": 3, "fn": 2, "tn": 3}},
+    }
     assert confusion[5, 3] == 1 and confusion[3, 8] == 1 and confusion.sum() == 10
     assert len(table) == 9
     rows = table.set_index("other")
@@ -108,20 +113,23 @@ def test_metrics_match_hand_computed_values() -> None:
         8: 1,
         9: 0,
     }
-    names = mlflow_metrics(metrics)
-    assert names["test/precision"] == pytest.approx(0.4) and names["test/fp"] == 3
+    names = flatten({**metrics, **details}, prefix="test")  # the names MLflow gets
+    assert names["test/detector/precision"] == pytest.approx(0.4)
+    assert names["test/per_digit/3/fp"] == 3
 
 
 def test_all_digits_gives_a_detector_and_breakdown_per_digit() -> None:
     true = torch.arange(10).repeat(3)
     pred = true.roll(1)
     probs = torch.nn.functional.one_hot(pred, 10).float()
-    metrics, confusion, table = classifier_report(true, probs, list(range(10)))
-    assert set(metrics["detector"]) == {str(d) for d in range(10)}
+    metrics, details, confusion, table = classifier_report(true, probs, list(range(10)))
+    assert set(details["per_digit"]) == {str(d) for d in range(10)}  # the same shape as one digit's
     assert len(table) == 90
-    assert metrics["detector"]["4"] == detector_metrics(confusion, 4)
-    assert metrics["detector"]["4"]["recall"] == 0.0
-    assert "test/recall_9" in mlflow_metrics(metrics)
+    assert details["per_digit"]["4"] == detector_metrics(confusion, 4)
+    assert details["per_digit"]["4"]["recall"] == 0.0
+    # the headline: the mean of the ten detectors (every image is called the digit before it)
+    assert metrics["detector"] == {"accuracy": 0.8, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert "test/per_digit/9/recall" in flatten(details, prefix="test")
     assert breakdown(confusion, 0)["false_positives"].sum() == 3
 
 
@@ -194,7 +202,7 @@ def test_labs_literal_setup_whole_set_steps(splits: dict[str, Split]) -> None:
     model.load_state_dict(result.state_dict)
     test = splits["test"]
     probs = torch.sigmoid(predict_logits(model, test.images, CPU))
-    metrics, _, _ = classifier_report(test.labels, probs, [3])
+    metrics, _, _, _ = classifier_report(test.labels, probs, [3])
     assert metrics["detector"]["accuracy"] >= 0.9
     assert metrics["accuracy"] >= 0.85
 
@@ -249,3 +257,58 @@ def test_checkpoint_round_trip_and_mismatches(tmp_path: Path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(DigitlabError, match="not a readable checkpoint"):
         load_classifier(path)
+
+
+# ---------------------------------------------------------------- colour images (CIFAR-10)
+
+
+@pytest.mark.parametrize("arch", list(CLASSIFIERS))
+def test_every_classifier_takes_3x32x32_images(arch: str) -> None:
+    params = repo_params(**{"classifier.arch": arch, "data.dataset": "cifar10"})
+    assert input_shape("cifar10") == (3, 32, 32) and input_shape("mnist") == (1, 28, 28)
+    torch.manual_seed(0)
+    model = build_classifier(params.classifier.architecture(), input_shape("cifar10"))
+    assert model(torch.rand(4, 3, 32, 32)).shape == (4, 10)
+    assert model.features(torch.rand(4, 3, 32, 32)).shape[0] == 4
+
+
+def test_lenet5_is_the_original_on_32x32_and_unchanged_on_28x28() -> None:
+    architecture = repo_params(**{"classifier.arch": "lenet5"}).classifier.architecture()
+    colour, grey = build_classifier(architecture, (3, 32, 32)), build_classifier(architecture)
+    first = colour.body[0]
+    assert (first.in_channels, first.kernel_size, first.padding) == (3, (5, 5), (0, 0))
+    assert (grey.body[0].in_channels, grey.body[0].padding) == (1, (2, 2))
+    assert n_parameters(grey) == 61_706 and n_parameters(colour) == 61_706 + 2 * 150
+    assert list(dict(colour.named_parameters())) == list(dict(grey.named_parameters()))
+    assert colour.body[:7](torch.rand(1, 3, 32, 32)).shape == (1, 16 * 5 * 5)  # 32→28→14→10→5
+
+
+def test_a_cifar_checkpoint_rebuilds_its_3_channel_model(tmp_path: Path) -> None:
+    architecture = repo_params(**{"classifier.arch": "cnn"}).classifier.architecture()
+    torch.manual_seed(0)
+    model = build_classifier(architecture, (3, 32, 32)).eval()
+    path = tmp_path / "classifier.pt"
+    save_checkpoint(path, "classifier", architecture, model, dataset="cifar10")
+    loaded, _, checkpoint = load_classifier(path, architecture)
+    x = torch.rand(2, 3, 32, 32)
+    assert checkpoint["dataset"] == "cifar10" and torch.allclose(loaded(x), model(x))
+
+
+def test_training_on_colour_images_with_augmentation(cifar: Path) -> None:
+    images, labels = read_raw(cifar, train=True, dataset="cifar10")
+    split = Split(normalize(images), labels)
+    cfg = repo_params(**{"classifier.arch": "lenet5", "classifier.epochs": 1}).classifier
+    assert cfg.augment.active
+    torch.manual_seed(0)
+    model = build_classifier(cfg.architecture(), (3, 32, 32))
+    result = fit_classifier(model, split, split, cfg, seed=0, device=torch.device("cpu"))
+    assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
+
+
+def test_an_unregistered_network_builds_nothing() -> None:
+    cfg = classifier_params(arch="mlp").architecture().model_copy(update={"arch": "resnet"})
+    with pytest.raises(
+        DigitlabError,
+        match=r"classifier.arch = 'resnet': no such network \(registered: mlp, cnn, lenet5, fastcnn\)",
+    ):
+        build_classifier(cfg)

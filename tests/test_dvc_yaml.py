@@ -14,8 +14,8 @@ import yaml
 
 from helpers import ALL_STAGES, ROOT
 
-# Modules that shape messages and MLflow records, never an output: not stage deps (dvc.yaml).
-NOT_DEPS = {"errors", "tracking"}
+# Modules that shape messages, refusals and MLflow records, never an output: not stage deps.
+NOT_DEPS = {"errors", "memory", "serving", "stopping", "tracking"}
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 

@@ -1,4 +1,5 @@
-"""How a stage ends on Ctrl-C / SIGTERM (digitlab.errors.run_main), in real subprocesses."""
+"""How a stage ends (digitlab.stopping.run_main) on Ctrl-C / SIGTERM, on its own error and on a
+failed write, in real subprocesses."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ from helpers import default_sigint
 
 STOPPED = """
     import os, signal, sys, time
-    from digitlab.errors import run_main
+    from digitlab.stopping import run_main
 
     def main():
         try:
@@ -29,7 +31,8 @@ STOPPED = """
 
 
 FAILED = """
-    from digitlab.errors import DigitlabError, run_main
+    from digitlab.errors import DigitlabError
+    from digitlab.stopping import run_main
 
     def main():
         raise DigitlabError("params.yaml: gan.epochs = 0 is not allowed")
@@ -39,10 +42,15 @@ FAILED = """
 
 
 def run_script(
-    source: str, preexec_fn: object = None, env: dict[str, str] | None = None
+    source: str,
+    preexec_fn: object = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
+    """The script in a new Python; under a DVC_STAGE it would remove that stage's outputs, so
+    give it a `cwd` of its own (a folder with no dvc.yaml)."""
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(source)],
+        [sys.executable, "-c", textwrap.dedent(source)], cwd=cwd,
         capture_output=True, text=True, timeout=60, preexec_fn=preexec_fn,
         env={k: v for k, v in os.environ.items() if k != "DVC_STAGE"} | (env or {}),
     )  # fmt: skip
@@ -66,13 +74,94 @@ def test_a_stage_started_with_sigint_ignored_keeps_ignoring_it() -> None:
     assert done.stdout.split() == ["trained", "on", "cleaned", "up"]
 
 
-def test_an_error_is_one_line_and_under_dvc_names_the_restore_command() -> None:
+def test_an_error_is_one_line_and_under_dvc_names_the_restore_command(tmp_path: Path) -> None:
     alone = run_script(FAILED)
     assert alone.returncode == 1
     assert alone.stderr == "digitlab: error: params.yaml: gan.epochs = 0 is not allowed\n"
-    under_dvc = run_script(FAILED, env={"DVC_STAGE": "train_gan"})  # DVC sets it for a stage
+    # DVC sets DVC_STAGE for a stage
+    under_dvc = run_script(FAILED, env={"DVC_STAGE": "train_gan"}, cwd=tmp_path)
     assert under_dvc.returncode == 1
     assert under_dvc.stderr == (
         "digitlab: error: params.yaml: gan.epochs = 0 is not allowed "
         "(`dvc checkout train_gan` restores its last good outputs)\n"
     )
+
+
+WRITES = """
+    import sys
+    from digitlab.files import atomic_dir, write_bytes
+    from digitlab.stopping import run_main
+
+    def main():
+        if sys.argv[1] == "file":
+            write_bytes("out/model.pt", bytes(200_000))
+        else:
+            with atomic_dir("out/figures") as folder:
+                (folder / "confusion.png").write_bytes(bytes(200_000))
+
+    run_main(main)
+"""
+
+
+@pytest.mark.parametrize(("what", "named"), [("file", "out/model.pt"), ("folder", "out/figures")])
+def test_a_write_past_the_file_size_limit_is_one_line_naming_the_output(
+    tmp_path: Path, what: str, named: str
+) -> None:
+    """`ulimit -f` (Python turns the write into OSError EFBIG): the line names the output the
+    user knows, not the temporary file, nor anything else; nothing half-written is left."""
+    done = subprocess.run(
+        ["bash", "-c", f'ulimit -f 100; exec "{sys.executable}" -c "$0" {what}', textwrap.dedent(WRITES)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        f"digitlab: error: {named}: cannot be written (file too large: the file-size limit of "
+        "this process (ulimit -f) is reached)\n"
+    )
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []
+
+
+def test_a_file_where_a_folder_should_be_is_named_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("a file, not a folder")
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(WRITES), "file"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == "digitlab: error: out: a file is where a folder is needed\n"
+
+
+LATE_FAILURE = """
+    from pathlib import Path
+    from digitlab.errors import DigitlabError
+    from digitlab.stopping import run_main
+
+    def main():
+        Path("models").mkdir()
+        Path("models/net.pt").write_text("written by this run")
+        Path("reports/figures").mkdir(parents=True)
+        Path("reports/figures/a.png").write_text("written by this run")
+        raise DigitlabError("failed late")
+
+    run_main(main)
+"""
+
+
+def test_a_stage_failing_under_dvc_removes_what_it_wrote_of_its_outputs(tmp_path: Path) -> None:
+    """DVC removed the stage's outputs before running it: whatever of them is there once it
+    fails is this run's, and would make `dvc checkout <stage>` refuse; other files stay."""
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    outs: [models/net.pt, reports/figures]\n"
+        "    plots:\n      - reports/${name}.csv\n"
+    )
+    (tmp_path / "params.yaml").write_text("name: history\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/history.csv").write_text("unsaved too")
+    (tmp_path / "reports/notes.txt").write_text("not an output")
+    done = run_script(LATE_FAILURE, env={"DVC_STAGE": "s"}, cwd=tmp_path)
+    assert done.stderr == (
+        "digitlab: error: failed late (`dvc checkout s` restores its last good outputs)\n"
+    )
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "dvc.yaml", "models", "params.yaml", "reports", "reports/notes.txt"
+    ]  # fmt: skip
+    alone = run_script(LATE_FAILURE, cwd=tmp_path / "reports")  # no DVC: nothing is removed
+    assert alone.returncode == 1 and (tmp_path / "reports/models/net.pt").is_file()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
+from digitlab.checkpoints import load_generator, save_checkpoint
 from digitlab.data import Split, load_split
 from digitlab.errors import DigitlabError
 from digitlab.gan import (
@@ -25,10 +30,20 @@ from digitlab.gan import (
     train_generator,
 )
 from digitlab.inference import generate, requested_digits, sample_latent
-from digitlab.models import Discriminator, Generator, load_generator, save_checkpoint
+from digitlab.models import (
+    GANS,
+    ConvDiscriminator,
+    ConvGenerator,
+    Discriminator,
+    Generator,
+    MLPDiscriminator,
+    MLPGenerator,
+    build_discriminator,
+    build_generator,
+)
 from digitlab.optim import make_optimizer
 from digitlab.params import GANParams
-from helpers import repo_params
+from helpers import ROOT, repo_params
 
 CPU = torch.device("cpu")
 TINY = {"epochs": 1, "rounds": 3, "d_steps": 2, "g_steps": 2, "snapshots": 2, "batch_size": 32,
@@ -49,7 +64,7 @@ def threes(prepared: tuple[Path, dict]) -> Split:
 
 def networks(cfg: GANParams) -> tuple[Generator, Discriminator]:
     torch.manual_seed(0)
-    return Generator(cfg.generator_config()), Discriminator(cfg.discriminator)
+    return build_generator(cfg.generator_config()), build_discriminator(cfg.discriminator_config())
 
 
 def d_loss(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -69,7 +84,8 @@ def test_generator_mirrors_the_discriminator_and_has_the_right_shapes() -> None:
     assert images.shape == (8, 1, 28, 28)
     assert images.min() >= -1 and images.max() <= 1
     assert D(images).shape == (8,)
-    sigmoid = Generator(cfg.generator_config().model_copy(update={"output": "sigmoid"}))
+    assert isinstance(G, MLPGenerator) and isinstance(D, MLPDiscriminator)
+    sigmoid = build_generator(cfg.generator_config().model_copy(update={"output": "sigmoid"}))
     out = sigmoid(z)
     assert out.min() >= 0 and out.max() <= 1
     uniform = sample_latent(1000, 100, "uniform", torch.Generator().manual_seed(0), CPU)
@@ -79,8 +95,8 @@ def test_generator_mirrors_the_discriminator_and_has_the_right_shapes() -> None:
 @pytest.mark.parametrize("conditional", [False, True])
 def test_the_conv_gan_mirrors_its_discriminator(every_digit: Split, conditional: bool) -> None:
     cfg = gan_params(arch="conv", channels=[8, 16], conditional=conditional)
-    G = Generator(cfg.generator_config())
-    D = Discriminator(cfg.discriminator, conditional, [8, 16])
+    G, D = build_generator(cfg.generator_config()), build_discriminator(cfg.discriminator_config())
+    assert isinstance(G, ConvGenerator) and isinstance(D, ConvDiscriminator)
     convs = [(m.in_channels, m.out_channels) for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
     transposed = [(m.in_channels, m.out_channels) for m in G.modules()
                   if isinstance(m, torch.nn.ConvTranspose2d)]  # fmt: skip
@@ -101,9 +117,10 @@ def test_one_d_step_lowers_d_loss_on_a_fixed_batch(threes: Split) -> None:
     fake = G(sample_latent(64, 100, "normal", torch.Generator().manual_seed(1), CPU)).detach()
     before = d_loss(D, real, fake)
     stats = train_discriminator(D, make_optimizer(cfg.optimizer_d, D.parameters()), real, fake)
-    assert stats.loss == pytest.approx(before, rel=1e-5)
+    loss, d_real, d_fake = stats.tolist()  # on the device, read here
+    assert loss == pytest.approx(before, rel=1e-5)
     assert d_loss(D, real, fake) < before
-    assert 0 < stats.d_real < 1 and 0 < stats.d_fake < 1
+    assert 0 < d_real < 1 and 0 < d_fake < 1
 
 
 def test_one_g_step_raises_d_of_g_z(threes: Split) -> None:
@@ -288,7 +305,7 @@ def test_a_conditional_gan_is_deterministic_and_round_trips(
 def test_the_wrong_kind_of_generator_or_digit_is_refused_in_one_line(tmp_path: Path) -> None:
     for conditional in (False, True):
         cfg = gan_params(conditional=conditional)
-        G = Generator(cfg.generator_config())
+        G = build_generator(cfg.generator_config())
         path = tmp_path / f"{conditional}.pt"
         save_checkpoint(path, "generator", cfg.generator_config(), G)
         kind = "a conditional" if conditional else "an unconditional"
@@ -296,7 +313,74 @@ def test_the_wrong_kind_of_generator_or_digit_is_refused_in_one_line(tmp_path: P
         with pytest.raises(DigitlabError, match=rf"{conditional}.pt is {kind} generator but "
                            rf"params.yaml has gan.conditional={wanted}: run `dvc repro train_gan`"):  # fmt: skip
             load_generator(path, conditional=not conditional)
+    G3 = build_generator(gan_params().generator_config())
+    path = tmp_path / "three.pt"
+    save_checkpoint(path, "generator", gan_params().generator_config(), G3, digit=3)
+    with pytest.raises(DigitlabError, match=r"three.pt was trained for digit 3 but params.yaml "
+                       r"has digit 'all': run `dvc repro train_gan`"):  # fmt: skip
+        load_generator(path, digit="all")
     with pytest.raises(DigitlabError, match=r"makes digits 0-9, not \[10\]"):
         requested_digits(10, [3, 10])
     with pytest.raises(DigitlabError, match="needs one requested digit per sample"):
         generate(G, 10, 0, CPU)  # the last G is conditional
+
+
+# ---------------------------------------------------------------- the registry
+
+
+@pytest.mark.parametrize("arch", list(GANS))
+@pytest.mark.parametrize("conditional", [False, True])
+def test_every_registered_gan_makes_images_and_judges_them(arch: str, conditional: bool) -> None:
+    cfg = gan_params(arch=arch, channels=[8, 16], conditional=conditional)
+    G, D = networks(cfg)
+    assert (type(G), type(D)) == tuple(GANS[arch])
+    labels = torch.arange(4) if conditional else None
+    images = G(sample_latent(4, 100, "normal", torch.Generator().manual_seed(0), CPU), labels)
+    assert images.shape == (4, 1, 28, 28) and D(images, labels).shape == (4,)
+
+
+def test_an_unregistered_gan_builds_nothing() -> None:
+    config = gan_params().generator_config().model_copy(update={"arch": "stylegan"})
+    with pytest.raises(
+        DigitlabError, match=r"gan.arch = 'stylegan': no such network \(registered: mlp, conv\)"
+    ):
+        build_generator(config)
+
+
+def test_checkpoints_saved_before_the_arch_key_rebuild_as_before(tmp_path: Path) -> None:
+    """A checkpoint's config without `arch`: conv when it names channels, else mlp."""
+    for arch, channels in (("mlp", None), ("conv", [8, 16])):
+        config = gan_params(arch=arch, channels=channels or [8, 16]).generator_config()
+        G = build_generator(config)
+        path = tmp_path / f"{arch}.pt"
+        save_checkpoint(path, "generator", config, G)
+        old = torch.load(path, weights_only=True)
+        del old["config"]["arch"]
+        old["config"]["channels"] = channels
+        torch.save(old, path)
+        assert type(load_generator(path)[0]) is type(G)
+
+
+# ---------------------------------------------------------------- what the GAN cannot make
+
+
+@pytest.mark.parametrize("stage", ["train_gan", "evaluate_gan"])
+def test_gan_stages_refuse_cifar10_in_one_line_before_any_work(stage: str, tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"]["dataset"] = "cifar10"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PYTHONPATH"] = str(ROOT / "src")  # this checkout's digitlab
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{stage}.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "digitlab: error: data.dataset is cifar10: the GAN makes 1×28×28 images; set "
+        "data.dataset to mnist or fashion_mnist (or run only the classifier stages: "
+        "dvc repro evaluate)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "params.yaml"
+    ]  # no MLflow run, no outputs

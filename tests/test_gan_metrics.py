@@ -12,9 +12,9 @@ from digitlab.data import load_split
 from digitlab.metrics import (
     class_histogram,
     classifier_score,
+    diversity,
     frechet_distance,
     gan_quality,
-    mean_pairwise_distance,
     nearest_distances,
 )
 
@@ -32,7 +32,7 @@ def test_frechet_distance_of_known_gaussians() -> None:
 
 def test_distances_and_histogram_by_hand() -> None:
     images = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]]).view(3, 1, 1, 2)
-    assert mean_pairwise_distance(images) == pytest.approx((5 + 4 + 3) / 3)
+    assert diversity(images) == pytest.approx((5 + 4 + 3) / 3)
     refs = torch.tensor([[0.0, 1.0], [10.0, 10.0]]).view(2, 1, 1, 2)
     assert nearest_distances(images, refs).tolist() == pytest.approx([1.0, math.sqrt(18), 3.0])
     counts, entropy, present = class_histogram(torch.tensor([3] * 98 + [5, 7]))
@@ -67,14 +67,15 @@ def test_real_images_pass_as_a_perfect_generator(prepared: tuple[Path, dict]) ->
     probs = torch.nn.functional.one_hot(val.labels, 10).float()
     real_probs = torch.nn.functional.one_hot(test.labels, 10).float()
     real = {"test": test, "train": train}
-    metrics = gan_quality(val.images, None, probs, real_probs, flat, real, [3], threshold=0.9)
+    headline, details = gan_quality(val.images, None, probs, real_probs, flat, real, [3], 0.9)
+    metrics = {**headline, **details}
     assert metrics["decent_rate"] == 1.0 and metrics["digits_present"] == 1
     assert 0.5 < metrics["frechet_ratio"] < 3.0  # 511 vs 5,620 images: small-sample bias
     assert 0.9 < metrics["diversity_ratio"] < 1.1
     assert metrics["memorised"] < 0.15
     assert metrics["classifier_score"] == pytest.approx(1.0) == metrics["classifier_score_real"]
     copies = train.images[:500]
-    copied = gan_quality(copies, None, probs[:1].repeat(500, 1), real_probs,
+    _, copied = gan_quality(copies, None, probs[:1].repeat(500, 1), real_probs,
                          {**flat, "samples": copies.flatten(1)}, real, [3], threshold=0.9)  # fmt: skip
     assert copied["memorised"] == 1.0
 
@@ -94,8 +95,9 @@ def test_real_images_of_every_digit_pass_as_a_perfect_conditional_generator(
     features = {name: images.flatten(1)[:, ::8] for name, images in
                 (("samples", val.images), ("test", real["test"].images), ("train", real["train"].images))}  # fmt: skip
     probs = torch.nn.functional.one_hot(val.labels, 10).float()
-    metrics = gan_quality(val.images, val.labels, probs, judge(real["test"].images), features,
-                          real, list(range(10)), threshold=0.9)  # fmt: skip
+    headline, details = gan_quality(val.images, val.labels, probs, judge(real["test"].images),
+                                    features, real, list(range(10)), threshold=0.9)  # fmt: skip
+    metrics = {**headline, **details}
     assert metrics["decent_rate"] == 1.0 == metrics["decent_rate_worst"]
     per_digit = metrics["per_digit"]
     assert sorted(per_digit) == [str(d) for d in range(10)]
@@ -104,7 +106,7 @@ def test_real_images_of_every_digit_pass_as_a_perfect_conditional_generator(
     assert all(0.5 < row["frechet_ratio"] < 3.0 for row in per_digit.values())  # ~500 vs ~5,500
     assert 0.5 < metrics["frechet_ratio_median"] < 3.0
     assert metrics["memorised"] < 0.15
-    wrong = gan_quality(val.images, (val.labels + 1) % 10, probs, probs, features, real,
+    wrong, _ = gan_quality(val.images, (val.labels + 1) % 10, probs, probs, features, real,
                         list(range(10)), threshold=0.9)  # fmt: skip
     assert wrong["decent_rate"] == 0.0 == wrong["decent_rate_worst"]
     assert wrong["frechet_ratio_median"] > 3 * metrics["frechet_ratio_median"]

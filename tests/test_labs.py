@@ -8,13 +8,15 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from digitlab.labs import LabError, expand, load_labs, set_options
-from helpers import DVC_TIMEOUT, ROOT, client, dvc, git
+from digitlab.labs import MAX_EXPERIMENTS, LabError, LabFile, expand, load_labs
+from digitlab.labs.queue import set_options
+from helpers import DVC_TIMEOUT, ROOT, alias_bomb, client, dvc, git
 
 LABS = {"lab4", "lab5", "lab6", "notebook", "tutorial"}
 
@@ -45,7 +47,7 @@ def write_lab(root: Path, name: str, text: str) -> None:
 
 GOOD = """title: t
 question: q
-columns: [accuracy]
+columns: [classifier/accuracy]
 experiments:
   a: {classifier.epochs: 2}
 """
@@ -63,10 +65,11 @@ experiments:
          "learns the digit's value by mse"),
         (GOOD.replace("classifier.epochs", "seed.x"), "labs/x.yaml (x-a): seed.x: seed is not a section"),
         (GOOD.replace("columns", "colums"), "labs/x.yaml: colums: Extra inputs are not permitted"),
-        (GOOD.replace("[accuracy]", "[acuracy]"), "labs/x.yaml: columns.0: Input should be 'accuracy'"),
+        (GOOD.replace("[classifier/accuracy]", "[accuracy]"),
+         "labs/x.yaml: columns: 'accuracy' is not a headline metric (classifier/accuracy, "),
         (GOOD + "stages: [evaluat]\n", "labs/x.yaml: stages.0: Input should be 'fetch'"),
         (GOOD.replace("  a:", "  A b:"), "labs/x.yaml: experiment name 'x-A b': use lowercase"),
-        ("title: t\nquestion: q\ncolumns: [accuracy]\n", "labs/x.yaml: no experiments"),
+        ("title: t\nquestion: q\ncolumns: [classifier/accuracy]\n", "labs/x.yaml: no experiments"),
         ("title: [t\n", "labs/x.yaml: not valid YAML at line 2"),
     ],
 )  # fmt: skip
@@ -81,6 +84,41 @@ def test_a_bad_lab_file_fails_with_one_line_naming_file_and_key(
     assert message.startswith(expected) and "\n" not in message, message
 
 
+def test_a_grid_of_a_million_experiments_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    axes = "\n".join(f"  k{i}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" for i in range(6))
+    write_lab(tmp_path, "x", GOOD.replace("experiments:", f"grid:\n{axes}\nexperiments:"))
+    start = time.perf_counter()
+    with pytest.raises(LabError) as info:
+        load_labs(["x"], root=tmp_path)
+    assert time.perf_counter() - start < 10
+    assert str(info.value).endswith(
+        f"x.yaml: 1,000,001 experiments; a lab may have at most {MAX_EXPERIMENTS}"
+    )
+
+
+def test_a_yaml_alias_bomb_in_a_lab_file_is_refused_in_one_short_line(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    bomb = GOOD.replace("{classifier.epochs: 2}", f"{{classifier.hidden: {alias_bomb()}}}")
+    write_lab(tmp_path, "x", bomb)
+    start = time.perf_counter()
+    with pytest.raises(LabError) as info:
+        load_labs(["x"], root=tmp_path)
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert (
+        "classifier.hidden.0 = [1, 1, 1, 1, ...] is not allowed" in message and len(message) < 300
+    )
+    # in a grid, it makes an experiment's name: refused as one, shortened too
+    bomb_grid = GOOD.replace(
+        "experiments:", f"grid:\n  classifier.hidden: [{alias_bomb()}]\nexperiments:"
+    )
+    write_lab(tmp_path, "x", bomb_grid)
+    with pytest.raises(LabError, match=r"experiment name 'x-\[\[1,1,1,1,___\],") as info:
+        load_labs(["x"], root=tmp_path)
+    assert len(str(info.value)) < 500
+
+
 def test_an_unknown_lab_is_named_with_the_labs_there(tmp_path: Path) -> None:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     write_lab(tmp_path, "x", GOOD)
@@ -92,7 +130,7 @@ def test_grid_axes_name_and_combine_their_params() -> None:
     spec = yaml.safe_load("""
 title: t
 question: q
-columns: [accuracy]
+columns: [classifier/accuracy]
 set: {classifier.epochs: 3}
 grid:
   classifier.loss: [ce, mse]
@@ -102,8 +140,6 @@ grid:
 experiments:
   wide: {classifier.width: 2}
 """)
-    from digitlab.labs import LabFile
-
     setups = expand("g", LabFile.model_validate(spec))
     assert [s.name for s in setups] == [
         "g-ce-slow",
@@ -125,7 +161,7 @@ def test_set_options_write_values_dvc_reads_back() -> None:
 
 TINY_LAB = """title: "A tiny lab: the tutorial's regression and a small classifier"
 question: Which wins?
-columns: [accuracy, precision]
+columns: [classifier/accuracy, classifier/detector/precision]
 stages: [evaluate]
 set:
   classifier.arch: mlp
@@ -174,7 +210,8 @@ def test_a_lab_runs_through_the_queue_into_exp_show_mlflow_and_its_table(
     # one linear neuron regressing the digit lands on the right integer for few images
     assert 0.05 < metrics["tiny-regression"]["accuracy"] < 0.5
     assert metrics["tiny-classes"]["accuracy"] > 0.8
-    assert set(metrics["tiny-regression"]["detector"]) >= {"precision", "recall", "tp", "fn"}
+    # the files DVC compares hold the headline figures only (details.json the rest)
+    assert set(metrics["tiny-regression"]["detector"]) == {"accuracy", "precision", "recall", "f1"}
 
     # each experiment is its own MLflow pipeline run, its stages nested under it
     mlflow_client = client(path)

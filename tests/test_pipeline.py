@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from digitlab.data import load_split
+from digitlab.flat import flatten
 from helpers import (
     ALL_STAGES,
     changed_stages,
@@ -41,9 +42,14 @@ def test_repro_writes_lock_outputs_and_metrics(tiny_repo: tuple[Path, dict[str, 
     }
     assert len(load_split(path / "data/prepared", "val")) == 5000
     assert (path / "reports/data/examples.png").stat().st_size > 1000
-    metrics = dvc(path, env, "metrics", "show").stdout
-    assert "reports/data/summary.json" in metrics
-    assert "55000" in metrics and "official_train.mean" in metrics
+    summary = json.loads((path / "reports/data/summary.json").read_text())
+    assert summary["train"]["count"] == 55_000 and "mean" in summary["official_train"]
+    # the files DVC compares hold the headline figures only: `dvc exp show` stays narrow
+    shown = json.loads(dvc(path, env, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert set(files) == {"reports/classifier/metrics.json", "reports/gan/metrics.json"}
+    values = [v for f in files.values() for v in flatten(f["data"]).values()]
+    assert len(values) == 12 <= 15, values
 
 
 def test_prepare_is_deterministic(
@@ -120,26 +126,32 @@ def read_metrics(repo: Path) -> dict:
     return json.loads((repo / "reports/classifier/metrics.json").read_text())
 
 
+def read_details(repo: Path, stage: str = "classifier") -> dict:
+    return json.loads((repo / f"reports/{stage}/details.json").read_text())
+
+
 def test_classifier_outputs_recompute_from_predictions(
     tiny_repo: tuple[Path, dict[str, str]],
 ) -> None:
     import pandas as pd
 
     path, env = tiny_repo
-    metrics = read_metrics(path)
+    metrics, details = read_metrics(path), read_details(path)
+    three = details["per_digit"]["3"]
     predictions = pd.read_csv(path / "reports/classifier/predictions.csv")
     assert list(predictions.columns) == ["index", "true", "predicted", "score"]
-    assert len(predictions) == 10_000 == metrics["n_test"]
+    assert len(predictions) == 10_000 == details["n_test"]
     assert metrics["accuracy"] == pytest.approx((predictions.true == predictions.predicted).mean())
     said_yes, is_three = predictions.predicted == 3, predictions.true == 3
-    assert metrics["detector"]["tp"] == (said_yes & is_three).sum()
-    assert metrics["detector"]["fp"] == (said_yes & ~is_three).sum()
+    assert three["tp"] == (said_yes & is_three).sum()
+    assert three["fp"] == (said_yes & ~is_three).sum()
+    assert metrics["detector"] == {k: three[k] for k in ("accuracy", "precision", "recall", "f1")}
     assert metrics["detector"]["precision"] == pytest.approx(
         (said_yes & is_three).sum() / said_yes.sum()
     )
     assert metrics["accuracy"] > 0.9  # a 1-epoch MLP with 32 hidden units
     table = pd.read_csv(path / "reports/classifier/breakdown.csv")
-    assert len(table) == 9 and table.false_positives.sum() == metrics["detector"]["fp"]
+    assert len(table) == 9 and table.false_positives.sum() == three["fp"]
     for figure in ("confusion.png", "breakdown.png", "mistakes.png"):
         assert (path / "reports/classifier/figures" / figure).stat().st_size > 5000
     history = pd.read_csv(path / "reports/classifier/history.csv")
@@ -165,8 +177,13 @@ def test_classifier_runs_in_mlflow(tiny_repo: tuple[Path, dict[str, str]]) -> No
     client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
     history = client.get_metric_history(train.info.run_id, "val/acc")
     assert [m.step for m in history] == [1]
-    figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "figures")}
-    assert figures == {"figures/confusion.png", "figures/breakdown.png", "figures/mistakes.png"}
+    assert (
+        evaluate.data.metrics["test/per_digit/3/tp"] == read_details(path)["per_digit"]["3"]["tp"]
+    )
+    figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "classifier/figures")}
+    assert figures == {
+        f"classifier/figures/{name}.png" for name in ("confusion", "breakdown", "mistakes")
+    }
 
 
 def test_registered_classifier_reproduces_evaluate(tiny_repo: tuple[Path, dict[str, str]]) -> None:
@@ -186,6 +203,10 @@ def test_registered_classifier_reproduces_evaluate(tiny_repo: tuple[Path, dict[s
     assert accuracy == pytest.approx(read_metrics(path)["accuracy"], abs=1e-4)
     with pytest.raises(mlflow.exceptions.MlflowException, match="shape"):  # the signature holds
         model.predict(test.images[:2].reshape(2, 784).numpy())
+    broken = test.images[:2].clone()
+    broken[1, 0, 5, 5] = float("nan")
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"^1 input values are not finite"):
+        model.predict(broken.numpy())  # the guard the registered model runs behind
 
     run = store.get_run(version.run_id)
     lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
@@ -214,7 +235,7 @@ def test_registered_generator_is_the_dvc_tracked_one(
 ) -> None:
     import mlflow
 
-    from digitlab.models import load_generator
+    from digitlab.checkpoints import load_generator
 
     path, _ = tiny_repo
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
@@ -244,7 +265,8 @@ def test_digit_change_reevaluates_without_retraining(
         assert ran_stages(dvc(path, env, "repro").stdout) == DIGIT_STAGES
         table = __import__("pandas").read_csv(path / "reports/classifier/breakdown.csv")
         assert set(table.digit) == {7} and 7 not in set(table.other)
-        assert read_metrics(path)["detector"]["tp"] + read_metrics(path)["detector"]["fn"] == 1028
+        seven = read_details(path)["per_digit"]["7"]
+        assert seven["tp"] + seven["fn"] == 1028
     finally:
         set_param(path, "digit", 3)
         start = time.perf_counter()
@@ -268,7 +290,7 @@ def test_a_conditional_gan_makes_every_digit_on_demand(
 
     import mlflow
 
-    from digitlab.models import load_generator
+    from digitlab.checkpoints import load_generator
 
     path, env = tiny_repo
     params = (path / "params.yaml").read_text()
@@ -278,10 +300,11 @@ def test_a_conditional_gan_makes_every_digit_on_demand(
     try:
         dvc(path, env, "repro")
         metrics = json.loads((path / "reports/gan/metrics.json").read_text())
-        assert sorted(metrics["per_digit"]) == [str(d) for d in range(10)]
-        assert {row["share"] for row in metrics["per_digit"].values()} == {0.1}
+        per_digit = read_details(path, "gan")["per_digit"]
+        assert sorted(per_digit) == [str(d) for d in range(10)]
+        assert {row["share"] for row in per_digit.values()} == {0.1}
         assert metrics["decent_rate_worst"] <= metrics["decent_rate"]
-        ratios = sorted(row["frechet_ratio"] for row in metrics["per_digit"].values())
+        ratios = sorted(row["frechet_ratio"] for row in per_digit.values())
         assert metrics["frechet_ratio_median"] == pytest.approx((ratios[4] + ratios[5]) / 2)
         assert metrics["classifier_score_real"] > 5  # the real test images of all ten digits
         assert (
@@ -369,7 +392,7 @@ def test_gan_outputs_and_mlflow_run(tiny_repo: tuple[Path, dict[str, str]]) -> N
     import mlflow
     import pandas as pd
 
-    from digitlab.models import load_checkpoint, load_generator
+    from digitlab.checkpoints import load_checkpoint, load_generator
 
     path, _ = tiny_repo
     generator, checkpoint = load_generator(path / "models/generator.pt")
@@ -389,12 +412,15 @@ def test_gan_outputs_and_mlflow_run(tiny_repo: tuple[Path, dict[str, str]]) -> N
         run.data.metrics
     )
     client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
-    assert len(client.list_artifacts(run.info.run_id, "progress")) == 2
+    assert len(client.list_artifacts(run.info.run_id, "gan/progress")) == 2
 
 
 def test_evaluate_gan_metrics_and_gan_eval_change(tiny_repo: tuple[Path, dict[str, str]]) -> None:
     path, env = tiny_repo
-    metrics = json.loads((path / "reports/gan/metrics.json").read_text())
+    metrics = {
+        **json.loads((path / "reports/gan/metrics.json").read_text()),
+        **read_details(path, "gan"),
+    }
     assert metrics["num_samples"] == 500
     assert 0 <= metrics["decent_rate"] <= 1 and metrics["frechet_floor"] > 0
     assert metrics["frechet_ratio"] == pytest.approx(metrics["frechet"] / metrics["frechet_floor"])
@@ -406,7 +432,9 @@ def test_evaluate_gan_metrics_and_gan_eval_change(tiny_repo: tuple[Path, dict[st
         assert ran_stages(dvc(path, env, "repro").stdout) == {"evaluate_gan", "report"}
         looser = json.loads((path / "reports/gan/metrics.json").read_text())
         assert looser["decent_rate"] >= metrics["decent_rate"]
-        assert looser["frechet"] == pytest.approx(metrics["frechet"])  # same seeded samples
+        assert read_details(path, "gan")["frechet"] == pytest.approx(
+            metrics["frechet"]
+        )  # same samples
     finally:
         set_param(path, "gan_eval.threshold", 0.9)
         dvc(path, env, "repro")

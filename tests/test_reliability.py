@@ -242,6 +242,65 @@ def test_a_stop_at_the_close_out_ends_finished_or_failed_never_between(
     assert outcomes <= {0, 143}
 
 
+# ---------------------------------------------------------------- failed writes
+
+
+def test_a_checkpoint_past_the_file_size_limit_names_itself_not_the_store(
+    pristine: tuple[Path, dict[str, str]],
+) -> None:
+    """`dvc repro -f -s train_gan` under `ulimit -f` 1.5 MB above mlflow.db's size: the store
+    can grow, a generator of about 2.9 MB cannot be written. One line naming the file and
+    why, nothing about mlflow.db, no traceback; the restore command it names works."""
+    path, env = pristine
+    before = outputs_snapshot(path)
+    set_param(path, "gan.discriminator.hidden", [512, 512])  # G: 100-512-512-784, 2.9 MB
+    limit_kb = ((path / "mlflow.db").stat().st_size + 1_500_000) // 1024
+    try:
+        result = subprocess.run(
+            ["bash", "-c", f"ulimit -f {limit_kb}; exec dvc repro -f -s train_gan"],
+            cwd=path, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        git(path, "checkout", "-q", "--", "params.yaml")
+    assert result.returncode != 0
+    (line,) = errors(result.stderr)
+    assert line == (
+        "digitlab: error: models/generator.pt: cannot be written (file too large: the file-size "
+        "limit of this process (ulimit -f) is reached) (`dvc checkout train_gan` restores its "
+        "last good outputs)"
+    )
+    assert "mlflow.db" not in result.stderr and "Traceback" not in result.stderr
+    dvc(path, env, "checkout", "train_gan")  # as the line says
+    assert outputs_snapshot(path) == before
+
+
+def test_a_late_failure_leaves_no_unsaved_outputs_so_the_restore_hint_works(
+    pristine: tuple[Path, dict[str, str]],
+) -> None:
+    """The artifact store fails once train_gan has written its checkpoints: the line names
+    the MLflow store's file and why (no advice to move mlflow.db), the stage removes what it
+    wrote, and `dvc checkout train_gan`, as printed, brings the last good outputs back."""
+    path, env = pristine
+    before = outputs_snapshot(path)
+    artifacts = path / "mlartifacts"
+    artifacts.rename(path / "mlartifacts.saved")
+    artifacts.write_text("a file where MLflow's artifact folder should be")
+    try:
+        result = dvc(path, env, "repro", "-f", "-s", "train_gan", check=False)
+    finally:
+        artifacts.unlink()
+        (path / "mlartifacts.saved").rename(artifacts)
+    assert result.returncode != 0
+    (line,) = errors(result.stderr)
+    assert line.startswith("digitlab: error: mlartifacts")
+    assert "a file is where a folder is needed (writing to the MLflow store" in line
+    assert "mv " not in line and "Traceback" not in result.stderr
+    assert line.endswith("(`dvc checkout train_gan` restores its last good outputs)")
+    assert not (path / "models/generator.pt").exists()  # written, then removed: unsaved
+    dvc(path, env, "checkout", "train_gan")
+    assert outputs_snapshot(path) == before
+
+
 # ---------------------------------------------------------------- damaged files
 
 

@@ -1,129 +1,41 @@
-"""The one exception type whose message a user sees as a single line, and how stages end."""
+"""The one exception type whose message a user sees as a single line, and that line for a file
+operation that failed."""
 
+from __future__ import annotations
+
+import errno
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+
+# Reasons worth more words than strerror gives: what the user can do about them.
+REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large: the file-size limit of this process (ulimit -f) is reached",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.ENOTDIR: "a file is where a folder is needed",
+}
 
 
 class DigitlabError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP, raised like KeyboardInterrupt so that `with` blocks and `finally`
-    clauses run: the MLflow run ends FAILED and half-written temporary files are removed."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+def os_reason(exc: OSError) -> str:
+    """Why a file operation failed, in words ('no space left on the device')."""
+    if exc.errno == errno.EEXIST and exc.filename and os.path.isfile(exc.filename):
+        return REASONS[errno.ENOTDIR]  # mkdir of a folder a file stands in for
+    return REASONS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
 
 
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: its terminal was closed
-ORPHANED = threading.Event()  # set when the dvc process that started this stage is gone
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the file(s) it names and the reason."""
+    names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    where = " → ".join(os.path.relpath(n) if os.path.isabs(n) else n for n in names)
+    return f"{where or 'a file operation'}: {os_reason(exc)}"
 
 
-def ignore_stops() -> None:
-    """From here on stop signals are ignored: the stage's work is complete and only closing it
-    remains (the first stop signal of a failing stage does the same)."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOPS:
-            signal.signal(sig, signal.SIG_IGN)
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    ignore_stops()  # later signals must not cut short the cleanup this one starts
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(signum)
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def dvc_process() -> int | None:
-    """The pid of the dvc process running this stage (DVC sets DVC_STAGE; a shell may stand
-    between them), or None when the stage runs on its own or /proc cannot tell."""
-    if not os.environ.get("DVC_STAGE"):
-        return None
-    try:
-        pid = os.getppid()
-        for _ in range(4):
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
-            if any(arg == b"dvc" or arg.endswith(b"/dvc") for arg in argv):
-                return pid
-            pid = _parent(pid)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _watch(dvc: int) -> None:
-    """Stop this stage, as SIGTERM does, once the dvc process that started it is gone (killed,
-    or its terminal closed): a stage must not train on, orphaned, and rewrite outputs later."""
-    while _running(dvc):
-        time.sleep(0.5)
-    ORPHANED.set()
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def restore_hint() -> str:
-    """Under DVC (which removed the stage's outputs before running it), how to get the last
-    good outputs back from DVC's cache; nothing when the stage runs on its own."""
-    stage = os.environ.get("DVC_STAGE")
-    return f" (`dvc checkout {stage}` restores its last good outputs)" if stage else ""
-
-
-def _restore_orphaned() -> str:
-    """With dvc gone (its lock with it), put the stage's last good outputs back ourselves."""
-    stage = os.environ["DVC_STAGE"]
-    try:
-        done = subprocess.run([sys.executable, "-m", "dvc", "checkout", stage],
-                              capture_output=True, timeout=60)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return restore_hint()
-    return "; its last good outputs are restored" if done.returncode == 0 else restore_hint()
-
-
-def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a DigitlabError becomes one line on stderr and exit status 1.
-
-    Ctrl-C (SIGINT), SIGTERM and SIGHUP (its terminal closed) stop the stage the same way: the
-    exception unwinds through the stage (its MLflow run ends FAILED, temporary outputs are
-    deleted, finished outputs stay), then one line and exit status 130, 143 or 129, so DVC
-    records nothing. So does the end of the dvc process that started the stage, which then
-    also gets its last good outputs back.
-    """
-    for sig in STOPS:  # an ignored one stays ignored (SIGINT in a background job, nohup)
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, _stop)
-    dvc = dvc_process()
-    if dvc is not None:
-        threading.Thread(target=_watch, args=(dvc,), daemon=True).start()
-    try:
-        main()
-    except DigitlabError as exc:
-        print(f"digitlab: error: {exc}{restore_hint()}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except (KeyboardInterrupt, Terminated) as exc:
-        signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum)
-        if ORPHANED.is_set():
-            print(f"digitlab: error: stopped: dvc (pid {dvc}) is gone{_restore_orphaned()}",
-                  file=sys.stderr)  # fmt: skip
-        else:
-            print(f"digitlab: error: stopped by {signum.name}{restore_hint()}", file=sys.stderr)
-        raise SystemExit(128 + signum) from None
-    ignore_stops()  # done: a late stop signal must not turn a finished stage into a failure
+def write_error(path: str | Path, exc: OSError) -> DigitlabError:
+    """A failed write of `path` (the output, not its temporary file), with the reason."""
+    return DigitlabError(f"{path}: cannot be written ({os_reason(exc)})")

@@ -1,4 +1,5 @@
-"""Atomic writes: an output is either the old complete one or the new complete one."""
+"""Atomic writes: an output is either the old complete one or the new complete one, readable
+as any file the user makes (the umask's permissions, not a temporary file's 0600)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from digitlab.errors import write_error
 
 
 def remove_leftovers(path: Path) -> None:
@@ -23,9 +26,35 @@ def remove_leftovers(path: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
+def umask() -> int:
+    """This process's umask, read without changing it (Linux), else by setting it back."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _named_after(path: Path, tmp: Path) -> Iterator[None]:
+    """An OSError writing `tmp` (or a file in it) becomes one line naming `path`, the output
+    the user knows; other OSErrors (reading an input) pass through unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        name = str(exc.filename) if exc.filename is not None else None
+        if name is None or name == str(tmp) or name.startswith(f"{tmp}{os.sep}"):
+            shown = path / os.path.relpath(name, tmp) if name and name != str(tmp) else path
+            raise write_error(shown, exc) from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`."""
+    """Yield a temporary path beside `path`; on success rename it over `path`. A write that
+    fails (no space, a file-size limit) is one DigitlabError naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
@@ -33,10 +62,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with _named_after(path, tmp_path):
+            tmp_path.chmod(0o666 & ~umask())
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a binary file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -61,8 +98,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        yield tmp
-        replace_dir(tmp, path)
+        with _named_after(path, tmp):
+            tmp.chmod(0o777 & ~umask())
+            yield tmp
+            replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

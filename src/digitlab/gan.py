@@ -10,18 +10,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from digitlab.errors import DigitlabError
 from digitlab.inference import requested_digits, sample_images, sample_latent
-from digitlab.models import Discriminator, Generator
+from digitlab.metrics import diversity
+from digitlab.models import Discriminator, Generator, build_discriminator, build_generator
 from digitlab.optim import make_optimizer
 from digitlab.params import GANParams
 
 FIXED_NOISE = 100  # fixed-noise samples drawn at every snapshot: a 10×10 grid
 COLLAPSE_RATIO = 0.25  # fixed-noise diversity below this share of the real data's: collapsed
+LOGGED = ("d_loss", "d_real", "d_fake", "g_loss")  # per step, averaged at each log point
 
 
 class GANDiverged(DigitlabError):
@@ -33,26 +34,18 @@ def to_generator_range(images: torch.Tensor, output: str) -> torch.Tensor:
     return images.mul(2).sub_(1) if output == "tanh" else images
 
 
-@dataclass
-class StepStats:
-    """One D or G step: its loss and the mean D(x) / D(G(z)) probabilities it saw."""
-
-    loss: float
-    d_real: float = math.nan
-    d_fake: float = math.nan
-
-
 def train_discriminator(
-    D: nn.Module,
+    D: Discriminator,
     opt: torch.optim.Optimizer,
     real: torch.Tensor,
     fake: torch.Tensor,
     digits: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> StepStats:
+) -> torch.Tensor:
     """One D step: real images labelled 1, detached fakes labelled 0, BCE on logits summed
     over the two halves as the labs do (loss = BCE(real) + BCE(fake)). Both halves go through
     D in one batch: the same loss and gradients as two passes, at half the per-op overhead.
-    A conditional D also gets the digits of (the real images, the fakes)."""
+    A conditional D also gets the digits of (the real images, the fakes). Returns (loss, mean
+    D(x), mean D(G(z))), on the device: nothing waits for it to be read."""
     opt.zero_grad(set_to_none=True)
     n = len(real)
     logits = D(torch.cat([real, fake.detach()]), torch.cat(digits) if digits else None)
@@ -61,18 +54,18 @@ def train_discriminator(
     loss.backward()
     opt.step()
     probs = logits.detach().sigmoid()
-    return StepStats(loss.item(), probs[:n].mean().item(), probs[n:].mean().item())
+    return torch.stack([loss.detach(), probs[:n].mean(), probs[n:].mean()])
 
 
 def train_generator(
-    D: nn.Module,
+    D: Discriminator,
     opt: torch.optim.Optimizer,
     fake: torch.Tensor,
     fake_digits: torch.Tensor | None = None,
-) -> StepStats:
+) -> torch.Tensor:
     """One G step: the fakes (still attached to G's graph, of the digits `fake_digits` for a
     conditional GAN) scored by D as if they were real. D's weights are frozen meanwhile, so
-    backward skips the gradients only D would need."""
+    backward skips the gradients only D would need. Returns its loss, on the device."""
     opt.zero_grad(set_to_none=True)
     D.requires_grad_(False)
     try:
@@ -82,7 +75,7 @@ def train_generator(
     finally:
         D.requires_grad_(True)
     opt.step()
-    return StepStats(loss.item(), d_fake=logits.detach().sigmoid().mean().item())
+    return loss.detach()
 
 
 def ema_with_warmup(
@@ -100,20 +93,6 @@ def ema_with_warmup(
         return averaged.lerp(current, 1 - min(decay, (1 + steps) / (10 + steps)))
 
     return average
-
-
-def diversity(images: torch.Tensor, max_n: int = 500) -> float:
-    """Mean pairwise Euclidean distance between images (in [0, 1] pixels), from one matrix
-    product in float64 (faster than torch.pdist: 7 ms against 15 ms for 500 images)."""
-    n = min(len(images), max_n)
-    if n < 2:
-        return 0.0
-    flat = images[:n].reshape(n, -1).double()
-    norms = flat.square().sum(1)
-    squared = norms[:, None] + norms[None, :] - 2 * flat @ flat.t()
-    squared[squared < 1e-9] = 0  # rounding error of the product: identical images are 0 apart
-    distances = squared.fill_diagonal_(0).sqrt_()
-    return (distances.sum() / (n * (n - 1))).item()
 
 
 @dataclass(frozen=True)
@@ -158,21 +137,152 @@ class GANResult:
     discriminator: Discriminator
     history: list[dict[str, float]]
     snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    diversity_ratio: float = math.nan
+    diversity_ratio: float = float("nan")
     collapsed: bool = False
 
 
-def _check_finite(stats: StepStats, network: str, g_step: int, settings: GANParams) -> None:
-    if not math.isfinite(stats.loss):
-        raise GANDiverged(
-            f"GAN {network} loss became {stats.loss} at generator step {g_step} "
-            f"(gan.optimizer_d.lr={settings.optimizer_d.lr}, "
-            f"gan.optimizer_g.lr={settings.optimizer_g.lr}): lower the learning rates"
+@dataclass
+class Networks:
+    """G and D with their optimizers, and the generator that is saved: G itself, or the moving
+    average of its weights (settings.ema > 0)."""
+
+    G: Generator
+    D: Discriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: AveragedModel | None
+
+    @classmethod
+    def build(cls, settings: GANParams, device: torch.device) -> Networks:
+        G = build_generator(settings.generator_config()).to(device)
+        D = build_discriminator(settings.discriminator_config()).to(device)
+        opt_g = make_optimizer(settings.optimizer_g, G.parameters())
+        opt_d = make_optimizer(settings.optimizer_d, D.parameters())
+        ema = None
+        if settings.ema > 0:
+            ema = AveragedModel(G, avg_fn=ema_with_warmup(settings.ema), use_buffers=True)
+        return cls(G, D, opt_g, opt_d, ema)
+
+    @property
+    def saved(self) -> Generator:
+        return self.ema.module if self.ema is not None else self.G  # type: ignore[return-value]
+
+
+@dataclass
+class StepLog:
+    """Each step's figures, kept on the device and read only at a log point: a history row of
+    their means, or GANDiverged naming the first step whose loss was not finite."""
+
+    settings: GANParams
+    start: float = field(default_factory=time.perf_counter)
+    d: list[tuple[int, torch.Tensor]] = field(
+        default_factory=list
+    )  # (G steps, (loss, D(x), D(G(z))))
+    g: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (G step, loss)
+
+    def row(self, g_step: int) -> dict[str, float]:
+        """The means since the last log point, as a history row; then starts again."""
+        d = torch.stack([v for _, v in self.d]).tolist() if self.d else []
+        g = torch.stack([v for _, v in self.g]).tolist() if self.g else []
+        self._check("discriminator", [s for s, _ in self.d], [v[0] for v in d])
+        self._check("generator", [s for s, _ in self.g], g)
+        columns = {
+            "d_loss": [v[0] for v in d],
+            "d_real": [v[1] for v in d],
+            "d_fake": [v[2] for v in d],
+            "g_loss": g,
+        }
+        means = {k: sum(v) / len(v) if v else float("nan") for k, v in columns.items()}
+        self.d, self.g = [], []
+        return {"step": g_step, **means, "seconds": time.perf_counter() - self.start}
+
+    def _check(self, network: str, steps: list[int], losses: list[float]) -> None:
+        for g_step, loss in zip(steps, losses, strict=True):
+            if not math.isfinite(loss):
+                lrs = self.settings.optimizer_d.lr, self.settings.optimizer_g.lr
+                raise GANDiverged(
+                    f"GAN {network} loss became {loss} at generator step {g_step} "
+                    f"(gan.optimizer_d.lr={lrs[0]}, gan.optimizer_g.lr={lrs[1]}): lower the "
+                    "learning rates"
+                )
+
+
+@dataclass
+class _Run:
+    """What the training loop reads: the networks, the real images (and digits) on the device,
+    the random stream, the fixed noise, and when to snapshot and log."""
+
+    settings: GANParams
+    nets: Networks
+    real: torch.Tensor
+    real_digits: torch.Tensor | None  # a conditional GAN's labels of `real`
+    present: torch.Tensor | None  # … and the digits it asks G for
+    rng: torch.Generator
+    fixed: tuple[torch.Tensor, torch.Tensor | None]  # the fixed noise (and digits)
+    snapshot_at: set[int]
+    log_every: int
+    total: int
+
+    @classmethod
+    def start(
+        cls,
+        settings: GANParams,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        seed: int,
+        device: torch.device,
+    ) -> _Run:
+        if settings.conditional and (labels is None or len(labels) != len(images)):
+            raise ValueError("a conditional GAN trains on images with their labels")
+        real_digits = labels.to(device) if settings.conditional and labels is not None else None
+        present = real_digits.unique() if real_digits is not None else None
+        torch.manual_seed(seed)
+        rng = torch.Generator().manual_seed(seed)
+        nets = Networks.build(settings, device)
+        real = to_generator_range(images, settings.generator.output).to(device)
+        fixed = sample_latent(FIXED_NOISE, settings.latent_size, settings.latent, rng, device)
+        # the fixed-noise samples' digits: equal blocks, one grid row per digit for all ten
+        fixed_digits = (
+            requested_digits(FIXED_NOISE, present.tolist()) if present is not None else None
+        )
+        total = total_g_steps(settings, len(real))
+        snapshot_at = {
+            round(total * (i + 1) / settings.snapshots) for i in range(settings.snapshots)
+        }
+        batch = min(settings.batch_size, len(real))
+        log_every = len(real) // batch if settings.schedule == "epochs" else settings.g_steps
+        return cls(
+            settings,
+            nets,
+            real,
+            real_digits,
+            present,
+            rng,
+            (fixed, fixed_digits),
+            snapshot_at,
+            log_every,
+            total,
         )
 
+    def fakes(self, with_graph: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch of fresh fakes (and the digits G was asked for); a D-only step needs no
+        graph through G."""
+        s = self.settings
+        batch = min(s.batch_size, len(self.real))
+        z = sample_latent(batch, s.latent_size, s.latent, self.rng, self.real.device)
+        digits = None
+        if self.present is not None:
+            pick = torch.randint(len(self.present), (batch,), generator=self.rng)
+            digits = self.present[pick.to(self.real.device)]
+        with torch.set_grad_enabled(with_graph):
+            return self.nets.G(z, digits), digits
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+    def reals(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = indices.to(self.real.device)
+        return self.real[idx], self.real_digits[idx] if self.real_digits is not None else None
+
+    def fixed_samples(self) -> torch.Tensor:
+        return sample_images(self.nets.saved, *self.fixed)
 
 
 def fit_gan(
@@ -192,75 +302,37 @@ def fit_gan(
     `on_log` gets a history row every epoch / round; `on_snapshot` gets (G step, the generator
     that would be saved) at each of the settings.snapshots fixed-noise snapshots.
     """
-    if settings.conditional and (labels is None or len(labels) != len(real_images)):
-        raise ValueError("a conditional GAN trains on images with their labels")
-    real_digits = labels.to(device) if settings.conditional and labels is not None else None
-    present = real_digits.unique() if real_digits is not None else None  # G is asked for these
-    torch.manual_seed(seed)
-    rng = torch.Generator().manual_seed(seed)
-    G = Generator(settings.generator_config()).to(device)
-    channels = list(settings.channels) if settings.arch == "conv" else None
-    D = Discriminator(settings.discriminator, settings.conditional, channels).to(device)
-    opt_g = make_optimizer(settings.optimizer_g, G.parameters())
-    opt_d = make_optimizer(settings.optimizer_d, D.parameters())
-    ema = None
-    if settings.ema > 0:
-        ema = AveragedModel(G, avg_fn=ema_with_warmup(settings.ema), use_buffers=True)
-    saved: Generator = ema.module if ema is not None else G  # type: ignore[assignment]
-    real = to_generator_range(real_images, G.config.output).to(device)
-    batch = min(settings.batch_size, len(real))
-    fixed = sample_latent(FIXED_NOISE, settings.latent_size, settings.latent, rng, device)
-    # the fixed-noise samples' digits: equal blocks, one grid row per digit for all ten
-    fixed_labels = requested_digits(FIXED_NOISE, present.tolist()) if present is not None else None
-    total = total_g_steps(settings, len(real))
-    log_every = len(real) // batch if settings.schedule == "epochs" else settings.g_steps
-    snapshot_at = {round(total * (i + 1) / settings.snapshots) for i in range(settings.snapshots)}
-    result = GANResult(saved, D, [])
-    losses: dict[str, list[float]] = {"d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
-    g_step, start = 0, time.perf_counter()
-    progress = tqdm(total=total, desc="train_gan", unit="G step", disable=None)
-    G.train()
-    D.train()
-    for step in schedule(settings, len(real), rng):
-        z = sample_latent(batch, settings.latent_size, settings.latent, rng, device)
-        fake_digits = None
-        if present is not None:
-            fake_digits = present[torch.randint(len(present), (batch,), generator=rng).to(device)]
-        with torch.set_grad_enabled(step.train_g):  # a D-only step needs no graph through G
-            fake = G(z, fake_digits)
+    run = _Run.start(settings, real_images, labels, seed, device)
+    nets, log, g_step = run.nets, StepLog(settings), 0
+    result = GANResult(nets.saved, nets.D, [])
+    progress = tqdm(total=run.total, desc="train_gan", unit="G step", disable=None)
+    for step in schedule(settings, len(run.real), run.rng):
+        fake, fake_digits = run.fakes(with_graph=step.train_g)
 
         # (1) Update D: real images → 1, fakes → 0
         if step.real is not None:
-            idx = step.real.to(device)
-            digits = (real_digits[idx], fake_digits) if real_digits is not None else None
-            d = train_discriminator(D, opt_d, real[idx], fake, digits)
-            _check_finite(d, "discriminator", g_step, settings)
-            losses["d_loss"].append(d.loss)
-            losses["d_real"].append(d.d_real)
-            losses["d_fake"].append(d.d_fake)
+            real, real_digits = run.reals(step.real)
+            digits = (real_digits, fake_digits) if real_digits is not None else None
+            log.d.append((g_step, train_discriminator(nets.D, nets.opt_d, real, fake, digits)))
         if not step.train_g:
             continue
 
         # (2) Update G: fakes scored by D as if they were real
-        g = train_generator(D, opt_g, fake, fake_digits)
         g_step += 1
+        log.g.append((g_step, train_generator(nets.D, nets.opt_g, fake, fake_digits)))
         progress.update()
-        _check_finite(g, "generator", g_step, settings)
-        losses["g_loss"].append(g.loss)
-        if ema is not None:
-            ema.update_parameters(G)
-        if g_step in snapshot_at:
-            result.snapshots.append((g_step, sample_images(saved, fixed, fixed_labels)))
-            on_snapshot(g_step, saved)
-        if g_step % log_every == 0 or g_step == total:
-            means = {k: _mean(v) for k, v in losses.items()}
-            row = {"step": g_step, **means, "seconds": time.perf_counter() - start}
-            result.history.append(row)
-            on_log(row)
-            losses = {k: [] for k in losses}
+        if nets.ema is not None:
+            nets.ema.update_parameters(nets.G)
+
+        # (3) Fixed-noise snapshots, and a history row at each log point
+        if g_step in run.snapshot_at:
+            result.snapshots.append((g_step, run.fixed_samples()))
+            on_snapshot(g_step, nets.saved)
+        if g_step % run.log_every == 0 or g_step == run.total:
+            result.history.append(log.row(g_step))
+            on_log(result.history[-1])
     progress.close()
-    final = sample_images(saved, fixed, fixed_labels)
-    result.diversity_ratio, result.collapsed = collapse_check(final, real_images)
+    result.diversity_ratio, result.collapsed = collapse_check(run.fixed_samples(), real_images)
     return result
 
 

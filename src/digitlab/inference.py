@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitlab.data import Split
 from digitlab.errors import DigitlabError
 from digitlab.models import Generator, nhwc
-from digitlab.params import N_CLASSES
+from digitlab.params import N_CLASSES, ClassifierArchitecture
 
 
 def eval_batch(device: torch.device) -> int:
@@ -31,20 +32,45 @@ def predict_logits(
     return torch.cat(out)
 
 
-def answers(outputs: torch.Tensor) -> torch.Tensor:
+def answers(outputs: torch.Tensor, head: str = "classes") -> torch.Tensor:
     """The digit each row of outputs names: the arg-max of ten outputs, or a regression head's
     single value rounded and clamped to 0-9."""
-    if outputs.shape[1] == 1:
+    if head == "regression":
         return outputs.squeeze(1).round().clamp(0, N_CLASSES - 1).long()
     return outputs.argmax(1)
 
 
-def probabilities(logits: torch.Tensor, loss: str) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, arch: ClassifierArchitecture) -> torch.Tensor:
     """Per-digit probabilities: softmax for ce, each detector's sigmoid for bce and mse; a
     regression head's answer as a certain one-hot row (it gives no probabilities)."""
-    if logits.shape[1] == 1:
-        return F.one_hot(answers(logits), N_CLASSES).float()
-    return logits.softmax(dim=1) if loss == "ce" else torch.sigmoid(logits)
+    if arch.head == "regression":
+        return F.one_hot(answers(logits, arch.head), N_CLASSES).float()
+    return logits.softmax(dim=1) if arch.loss == "ce" else torch.sigmoid(logits)
+
+
+def predict_probabilities(
+    model: nn.Module, arch: ClassifierArchitecture, images: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The classifier's per-digit probabilities for all images (on the CPU)."""
+    return probabilities(predict_logits(model, images, device), arch)
+
+
+def judge(
+    model: nn.Module,
+    arch: ClassifierArchitecture,
+    samples: torch.Tensor,
+    real: dict[str, Split],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """What evaluate_gan's metrics read off the classifier: its probabilities for the samples
+    and for the real test images, and the penultimate features of samples, real test and real
+    training images."""
+    images = {"samples": samples, "test": real["test"].images, "train": real["train"].images}
+    probs, real_probs = (
+        predict_probabilities(model, arch, images[k], device) for k in ("samples", "test")
+    )
+    features = {k: predict_logits(model, v, device, features=True) for k, v in images.items()}
+    return probs, real_probs, features
 
 
 def sample_latent(

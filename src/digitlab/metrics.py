@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from digitlab.data import Split
-from digitlab.models import N_CLASSES
+from digitlab.params import N_CLASSES
 
 
 def confusion_matrix(true: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
@@ -61,33 +61,58 @@ def breakdown(confusion: torch.Tensor, digit: int) -> pd.DataFrame:
     )
 
 
+def predictions_frame(probs: torch.Tensor, true: torch.Tensor, digit: int | str) -> pd.DataFrame:
+    """predictions.csv: each test image's index, true and predicted digit, and the probability
+    of the chosen digit (of the predicted one with digit: all), from which every figure can be
+    recomputed (and DVC draws its confusion plot)."""
+    predicted = probs.argmax(1)
+    score = probs[:, digit] if digit != "all" else probs.max(1).values
+    return pd.DataFrame(
+        {
+            "index": range(len(true)),
+            "true": true.numpy(),
+            "predicted": predicted.numpy(),
+            "score": score.numpy().round(6),
+        }
+    )
+
+
+def confusion_frame(confusion: torch.Tensor) -> pd.DataFrame:
+    """confusion.csv: rows the true digit, columns the predicted one."""
+    index = pd.Index(range(N_CLASSES), name="true")
+    return pd.DataFrame(confusion.numpy(), index=index, columns=range(N_CLASSES))
+
+
+def most_confident_mistakes(probs: torch.Tensor, true: torch.Tensor, n: int = 32) -> torch.Tensor:
+    """Indices of the (at most) n wrong answers given with the highest probability."""
+    predicted = probs.argmax(1)
+    wrong = (predicted != true).nonzero().squeeze(1)
+    return wrong[probs[wrong, predicted[wrong]].argsort(descending=True)[:n]]
+
+
+DETECTOR_HEADLINE = ("accuracy", "precision", "recall", "f1")
+
+
 def classifier_report(
     true: torch.Tensor, probs: torch.Tensor, digits: list[int]
-) -> tuple[dict, torch.Tensor, pd.DataFrame]:
-    """metrics.json content, the confusion matrix and the breakdown for the chosen digit(s)."""
+) -> tuple[dict, dict, torch.Tensor, pd.DataFrame]:
+    """(headline metrics, details, the confusion matrix, the breakdown) for the chosen
+    digit(s). The headline (metrics.json, what `dvc exp show` compares): multiclass accuracy
+    and the detector's accuracy, precision, recall and F1 (their mean over the digits with
+    `digit: all`); the details (details.json): every detector's figures and counts, per digit."""
     predicted = probs.argmax(1)
     confusion = confusion_matrix(true, predicted)
-    detectors = {str(d): detector_metrics(confusion, d) for d in digits}
-    metrics = {
-        "accuracy": (predicted == true).double().mean().item(),
-        "n_test": len(true),
-        "detector": detectors[str(digits[0])] if len(digits) == 1 else detectors,
+    per_digit = {str(d): detector_metrics(confusion, d) for d in digits}
+    detector = {
+        k: statistics.fmean(row[k] for row in per_digit.values())
+        if len(digits) > 1
+        else per_digit[str(digits[0])][k]
+        for k in DETECTOR_HEADLINE
     }
+    metrics = {"accuracy": (predicted == true).double().mean().item(), "detector": detector}
+    details = {"n_test": len(true), "per_digit": per_digit}
     table = pd.concat([breakdown(confusion, d) for d in digits], ignore_index=True)
-    return metrics, confusion, table
-
-
-def mlflow_metrics(metrics: dict) -> dict[str, float]:
-    """metrics.json → MLflow names: test/accuracy, test/precision… (test/precision_3… for all)."""
-    out = {"test/accuracy": metrics["accuracy"]}
-    detector = metrics["detector"]
-    per_digit = detector if "accuracy" not in detector else {"": detector}
-    for digit, values in per_digit.items():
-        suffix = f"_{digit}" if digit else ""
-        for name, value in values.items():
-            key = "detector_accuracy" if name == "accuracy" else name
-            out[f"test/{key}{suffix}"] = float(value)
-    return out
+    return metrics, details, confusion, table
 
 
 # ---------------------------------------------------------------- GAN quality
@@ -106,10 +131,14 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle).item()
 
 
-def mean_pairwise_distance(images: torch.Tensor, max_n: int = 1000) -> float:
-    """Mean Euclidean distance between pairs of images (pixels in [0, 1])."""
-    flat = images[:max_n].reshape(min(len(images), max_n), -1).double()
-    return torch.pdist(flat).mean().item()
+def diversity(images: torch.Tensor, max_n: int = 1000) -> float:
+    """Mean Euclidean distance between pairs of the first `max_n` images (pixels in [0, 1]):
+    how different the images are from each other; over the real images' it is the
+    diversity ratio (about 1 for a good generator, near 0 for a collapsed one)."""
+    n = min(len(images), max_n)
+    if n < 2:
+        return 0.0
+    return torch.pdist(images[:n].reshape(n, -1).double()).mean().item()
 
 
 def nearest_distances(
@@ -117,8 +146,10 @@ def nearest_distances(
 ) -> torch.Tensor:
     """For each query image, the Euclidean distance to its nearest reference image."""
     refs = references.reshape(len(references), -1)
-    out = [torch.cdist(queries[i : i + chunk].reshape(-1, refs.shape[1]), refs).min(1).values
-           for i in range(0, len(queries), chunk)]  # fmt: skip
+    out = [
+        torch.cdist(queries[i : i + chunk].reshape(-1, refs.shape[1]), refs).min(1).values
+        for i in range(0, len(queries), chunk)
+    ]
     return torch.cat(out)
 
 
@@ -133,9 +164,14 @@ def class_histogram(predicted: torch.Tensor) -> tuple[list[int], float, int]:
 MEMORISATION_QUANTILE = 0.05
 
 
-def decent_rate(probs: torch.Tensor, digits: list[int], threshold: float) -> float:
-    """Share of samples the classifier gives the chosen digit (any digit when all ten are
-    asked for) with probability ≥ threshold."""
+def decent_rate(
+    probs: torch.Tensor, digits: list[int], threshold: float, requested: torch.Tensor | None = None
+) -> float:
+    """Share of samples the classifier gives, with probability ≥ threshold, the digit asked
+    for (`requested`: a conditional generator's), else the chosen digit (any digit when all
+    ten are asked for)."""
+    if requested is not None:
+        return (probs.gather(1, requested[:, None]) >= threshold).double().mean().item()
     if len(digits) == 1:
         return (probs[:, digits[0]] >= threshold).double().mean().item()
     return (probs.max(1).values >= threshold).double().mean().item()
@@ -170,14 +206,64 @@ def per_digit_quality(
         mine = groups == k
         test, train = (features[s][labels[s] == k] for s in ("test", "train"))
         floor = frechet_distance(train, test)
-        row: dict[str, float | None] = {"share": mine.double().mean().item(), "decent_rate": None,
-                                        "frechet": None, "frechet_floor": floor, "frechet_ratio": None}  # fmt: skip
+        row: dict[str, float | None] = {
+            "share": mine.double().mean().item(),
+            "decent_rate": None,
+            "frechet": None,
+            "frechet_floor": floor,
+            "frechet_ratio": None,
+        }
         if int(mine.sum()) >= 2:
             frechet = frechet_distance(features["samples"][mine], test)
-            row.update(decent_rate=(probs[mine, k] >= threshold).double().mean().item(),
-                       frechet=frechet, frechet_ratio=frechet / floor)  # fmt: skip
+            row.update(
+                decent_rate=(probs[mine, k] >= threshold).double().mean().item(),
+                frechet=frechet,
+                frechet_ratio=frechet / floor,
+            )
         table[str(k)] = row
     return table
+
+
+GAN_HEADLINE = (
+    "decent_rate",
+    "decent_rate_worst",
+    "frechet_ratio",
+    "frechet_ratio_median",
+    "classifier_score",
+    "classifier_score_real",
+    "digits_present",
+)
+# The flat names of the files DVC compares (metrics.json of evaluate and of evaluate_gan): what
+# `dvc exp show` and the lab tables show. Everything else is a detail (details.json).
+HEADLINE = {
+    "classifier": ("accuracy", *(f"detector/{name}" for name in DETECTOR_HEADLINE)),
+    "gan": GAN_HEADLINE,
+}
+
+
+def sample_groups(
+    predicted: torch.Tensor, requested: torch.Tensor | None, digits: list[int]
+) -> torch.Tensor:
+    """The digit each sample stands for: the one asked for (a conditional generator), else the
+    chosen digit, or with every digit the one the classifier sees."""
+    if requested is not None:
+        return requested
+    return predicted if len(digits) > 1 else torch.full_like(predicted, digits[0])
+
+
+def memorised_share(
+    samples: torch.Tensor, groups: torch.Tensor, real: dict[str, Split], digits: list[int]
+) -> float:
+    """Share of samples whose nearest training image of their digit is closer than 95% of real
+    test images are to theirs (about 5% for a generator that does not copy its images)."""
+    test, train = real["test"], real["train"]
+    memorised = 0
+    for k in digits:
+        references = train.images[train.labels == k]
+        test_nn = nearest_distances(test.images[test.labels == k], references)
+        sample_nn = nearest_distances(samples[groups == k], references)
+        memorised += int((sample_nn < test_nn.quantile(MEMORISATION_QUANTILE)).sum())
+    return memorised / len(samples)
 
 
 def gan_quality(
@@ -189,53 +275,37 @@ def gan_quality(
     real: dict[str, Split],
     digits: list[int],
     threshold: float,
-) -> dict:
-    """The GAN's metrics with the classifier as judge.
+) -> tuple[dict, dict]:
+    """(headline metrics, details) of the GAN, with the classifier as judge.
 
     decent_rate: share of samples given the digit asked for (`requested`, a conditional
     generator) or the chosen digit (any digit with `digit: all`) with probability ≥ threshold.
     frechet: Fréchet distance between the classifier's penultimate features of samples and of
     real test images of the digit(s); frechet_floor: the same between real training and real
-    test images. diversity_ratio: mean pairwise distance among samples / among real test
-    images. memorised: share of samples whose nearest training image of their digit is closer
-    than 95% of real test images are to theirs (about 5% for a generator that does not copy its
-    training images). classifier_score(_real): the Inception Score with the classifier of the
-    samples (of the real test images). per_digit: per_digit_quality, grouped by the digit asked
-    for, else by the digit the classifier sees; with its worst decent rate and median ratio.
+    test images. diversity_ratio: diversity() of the samples over the real test images'.
+    memorised: memorised_share(). classifier_score(_real): the Inception Score with the
+    classifier of the samples (of the real test images). per_digit: per_digit_quality, grouped
+    by sample_groups(); with its worst decent rate and median Fréchet ratio.
     """
     predicted = probs.argmax(1)
-    if requested is not None:
-        groups = requested
-    else:  # one digit: every sample is meant to be it
-        groups = predicted if len(digits) > 1 else torch.full_like(predicted, digits[0])
-    if requested is not None:
-        decent = (probs.gather(1, requested[:, None]) >= threshold).double().mean().item()
-    else:
-        decent = decent_rate(probs, digits, threshold)
+    groups = sample_groups(predicted, requested, digits)
     counts, entropy, present = class_histogram(predicted)
-    test, train = real["test"], real["train"]
-    labels = {"test": test.labels, "train": train.labels}
+    labels = {split: real[split].labels for split in ("test", "train")}
     per_digit = per_digit_quality(groups, probs, features, labels, digits, threshold)
     rated = [row for row in per_digit.values() if row["frechet_ratio"] is not None]
     frechet = frechet_distance(features["samples"], features["test"])
     floor = frechet_distance(features["train"], features["test"])
-    memorised = 0
-    for k in digits:  # nearest training image of the same digit
-        test_nn = nearest_distances(test.images[test.labels == k], train.images[train.labels == k])
-        sample_nn = nearest_distances(samples[groups == k], train.images[train.labels == k])
-        memorised += int((sample_nn < test_nn.quantile(MEMORISATION_QUANTILE)).sum())
-    return {
+    ratios = [row["frechet_ratio"] for row in rated]
+    quality = {
         "num_samples": len(samples),
-        "decent_rate": decent,
+        "decent_rate": decent_rate(probs, digits, threshold, requested),
         "decent_rate_worst": min((row["decent_rate"] for row in rated), default=0.0),
         "frechet": frechet,
         "frechet_floor": floor,
         "frechet_ratio": frechet / floor,
-        "frechet_ratio_median": statistics.median(row["frechet_ratio"] for row in rated)
-        if rated
-        else None,
-        "diversity_ratio": mean_pairwise_distance(samples) / mean_pairwise_distance(test.images),
-        "memorised": memorised / len(samples),
+        "frechet_ratio_median": statistics.median(ratios) if ratios else None,
+        "diversity_ratio": diversity(samples) / diversity(real["test"].images),
+        "memorised": memorised_share(samples, groups, real, digits),
         "classifier_score": classifier_score(probs),
         "classifier_score_real": classifier_score(real_probs),
         "predicted_digits": {str(d): n for d, n in enumerate(counts)},
@@ -243,14 +313,5 @@ def gan_quality(
         "digits_present": present,
         "per_digit": per_digit,
     }
-
-
-def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
-    """Numeric metrics as MLflow names, nested blocks joined: {prefix}/per_digit/3/decent_rate."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flat_metrics(value, f"{prefix}/{key}"))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[f"{prefix}/{key}"] = float(value)
-    return flat
+    headline = {k: quality[k] for k in GAN_HEADLINE}
+    return headline, {k: v for k, v in quality.items() if k not in headline}

@@ -15,7 +15,17 @@ def make_optimizer(
     """torch.optim.Adam (lr, betas, weight_decay) or SGD (lr, momentum, weight_decay), with
     torch's fused kernels (one kernel for all parameters instead of a loop over them)."""
     if settings.name == "adam":
-        return torch.optim.Adam(parameters, lr=settings.lr, betas=tuple(settings.betas),
-                                weight_decay=settings.weight_decay, fused=True)  # fmt: skip
-    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
-                           weight_decay=settings.weight_decay, fused=True)  # fmt: skip
+        return torch.optim.Adam(
+            parameters,
+            lr=settings.lr,
+            betas=tuple(settings.betas),
+            weight_decay=settings.weight_decay,
+            fused=True,
+        )
+    return torch.optim.SGD(
+        parameters,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        fused=True,
+    )

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from digitlab.data import Split
-from digitlab.files import atomic_path
+from digitlab.files import atomic_dir, atomic_path
 
 
 def grid_image(images: torch.Tensor, nrow: int, scale: int = 2, padding: int = 2) -> torch.Tensor:
@@ -31,10 +31,28 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 2)
         save_image(grid_image(images, nrow, scale), tmp, format="png")
 
 
+def save_snapshots(snapshots: list[tuple[int, torch.Tensor]], folder: str | Path) -> None:
+    """The fixed-noise grids of training, one PNG per snapshot (step_<G step>.png), swapped in
+    as one folder."""
+    with atomic_dir(folder) as staging:
+        for step, images in snapshots:
+            save_grid(images, staging / f"step_{step:06d}.png", nrow=10)
+
+
 def class_rows(split: Split, per_class: int = 10, classes: list[int] | None = None) -> torch.Tensor:
     """The first `per_class` images of each class, class by class (one grid row per class)."""
     rows = [split.images[split.labels == c][:per_class] for c in classes or range(10)]
     return torch.cat(rows)
+
+
+def samples_grid(
+    samples: torch.Tensor, requested: torch.Tensor | None, digits: list[int]
+) -> torch.Tensor:
+    """The 100 samples of the sample grid: the first, or ten of each digit asked for (one row
+    per digit) from a conditional generator."""
+    if requested is None:
+        return samples[:100]
+    return class_rows(Split(samples, requested), 10, digits)
 
 
 # ---------------------------------------------------------------- seaborn figures
@@ -101,9 +119,17 @@ def breakdown_bars(table: pd.DataFrame, path: str | Path) -> None:
         }
     )
     grid = sns.catplot(
-        long, x="other", y="count", hue="kind", col="digit", col_wrap=min(5, table["digit"].nunique()),
-        kind="bar", height=3.2, aspect=1.3, legend_out=True,
-    )  # fmt: skip
+        long,
+        x="other",
+        y="count",
+        hue="kind",
+        col="digit",
+        col_wrap=min(5, table["digit"].nunique()),
+        kind="bar",
+        height=3.2,
+        aspect=1.3,
+        legend_out=True,
+    )
     grid.set_axis_labels("Other digit", "Test images")
     grid.set_titles("Mistakes involving digit {col_name}")
     sns.move_legend(
@@ -131,6 +157,23 @@ def labelled_grid(
     save_figure(fig, path)
 
 
+def mistakes_grid(
+    images: torch.Tensor,
+    true: torch.Tensor,
+    probs: torch.Tensor,
+    names: list[str],
+    path: str | Path,
+) -> None:
+    """Mistakes, each captioned true → predicted and the probability given to the latter."""
+    predicted = probs.argmax(1)
+    captions = [
+        f"{names[t]} → {names[p]}\np={row[p]:.2f}"
+        for t, p, row in zip(true.tolist(), predicted.tolist(), probs, strict=True)
+    ]
+    title = f"The {len(images)} most confident mistakes (true → predicted)"
+    labelled_grid(images, captions, path, title)
+
+
 def gan_curves(history: pd.DataFrame, path: str | Path) -> None:
     """D and G loss, and D(x) / D(G(z)), against generator steps."""
     import seaborn as sns
@@ -156,6 +199,9 @@ def class_histogram_bars(counts: dict[str, int], labels: list[str], path: str | 
     fig, axes = _figure(width=6.5, height=4)
     frame = pd.DataFrame({"class": labels, "samples": [counts[str(i)] for i in range(len(labels))]})
     sns.barplot(frame, x="class", y="samples", color=sns.color_palette()[0], ax=axes[0, 0])
-    axes[0, 0].set(xlabel="Class the classifier predicts", ylabel="Generated images",
-                   title="What the generator makes, as the classifier sees it")  # fmt: skip
+    axes[0, 0].set(
+        xlabel="Class the classifier predicts",
+        ylabel="Generated images",
+        title="What the generator makes, as the classifier sees it",
+    )
     save_figure(fig, path)

@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from digitlab.flat import flatten
+
 STAGES = ("fetch", "prepare", "train_classifier", "evaluate", "train_gan", "evaluate_gan")
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -168,13 +170,13 @@ def headline_figures(
 ) -> list[tuple[str, str]]:
     """The summary's (label, value) rows: rates as percentages, the Fréchet ratio as a factor;
     with every digit, the worst digit, the median per-digit ratio and the classifier score."""
-    rows = [("Multiclass test accuracy", f"{cls['accuracy']:.2%}")]
-    if digit != "all":
-        detector = cls["detector"]
-        rows += [
-            (f"Detector for {digit}: precision", f"{detector['precision']:.2%}"),
-            (f"Detector for {digit}: recall", f"{detector['recall']:.2%}"),
-        ]
+    detector = cls["detector"]
+    of = f"for {digit}" if digit != "all" else "(mean over the digits)"
+    rows = [
+        ("Multiclass test accuracy", f"{cls['accuracy']:.2%}"),
+        (f"Detector {of}: precision", f"{detector['precision']:.2%}"),
+        (f"Detector {of}: recall", f"{detector['recall']:.2%}"),
+    ]
     if conditional:
         judged = "the digit asked for"
     else:
@@ -184,16 +186,20 @@ def headline_figures(
     if not gan:
         return [*rows, (decent, "run evaluate_gan"), (ratio, "run evaluate_gan")]
     rows += [(decent, f"{gan['decent_rate']:.2%}"), (ratio, f"{gan['frechet_ratio']:.3g}×")]
-    if digit == "all" and "per_digit" in gan:
+    if digit == "all":
         by = "asked for" if conditional else "seen"
         median = gan["frechet_ratio_median"]
         rows += [
             (f"GAN worst digit ({by}): decent rate", f"{gan['decent_rate_worst']:.2%}"),
-            (f"GAN median per-digit Fréchet ratio ({by})",
-             "n/a" if median is None else f"{median:.3g}×"),
-            (f"GAN classifier score (real test images: {gan['classifier_score_real']:.2f})",
-             f"{gan['classifier_score']:.2f}"),
-        ]  # fmt: skip
+            (
+                f"GAN median per-digit Fréchet ratio ({by})",
+                "n/a" if median is None else f"{median:.3g}×",
+            ),
+            (
+                f"GAN classifier score (real test images: {gan['classifier_score_real']:.2f})",
+                f"{gan['classifier_score']:.2f}",
+            ),
+        ]
     return rows
 
 
@@ -218,92 +224,151 @@ def summary_section(
     )
 
 
-def build_report(root: Path, runs: MlflowRuns, gif: Path) -> str:
-    """The whole page as HTML text: the summary first, the details, then the params (folded)."""
-    reports = root / "reports"
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    summary = json.loads((reports / "data/summary.json").read_text())
-    cls = json.loads((reports / "classifier/metrics.json").read_text())
-    gan_path = reports / "gan/metrics.json"
-    gan = json.loads(gan_path.read_text()) if gan_path.is_file() else {}
-    digit = params["digit"]
-    conditional = bool(params.get("gan", {}).get("conditional"))
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
-    data_rows = pd.DataFrame(
-        [{"split": s, "images": summary[s]["count"], "mean": summary[s]["mean"], "std": summary[s]["std"],
-          **summary[s]["per_class"]} for s in ("train", "val", "test")]
-    )  # fmt: skip
-    detector = cls["detector"]
-    if "accuracy" in detector:
-        detector_html = table(
-            [(k, v) for k, v in detector.items()], ("detector for digit " + str(digit), "test set")
+
+@dataclass(frozen=True)
+class Results:
+    """What the stages wrote under reports/, and the params they ran with."""
+
+    reports: Path
+    params: dict
+    summary: dict  # prepare's data summary
+    cls: dict  # evaluate's headline metrics and details
+    cls_details: dict
+    gan: dict  # evaluate_gan's (empty before it ran)
+    gan_details: dict
+
+    @classmethod
+    def read(cls, root: Path) -> Results:
+        reports = root / "reports"
+        return cls(
+            reports,
+            yaml.safe_load((root / "params.yaml").read_text()),
+            _json(reports / "data/summary.json"),
+            _json(reports / "classifier/metrics.json"),
+            _json(reports / "classifier/details.json"),
+            _json(reports / "gan/metrics.json"),
+            _json(reports / "gan/details.json"),
         )
-    else:
-        detector_html = frame_table(pd.DataFrame(detector).T.rename_axis("digit").reset_index())
-    progress = sorted((reports / "gan/progress").glob("step_*.png"))
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.params.get("gan", {}).get("conditional"))
+
+
+def data_section(r: Results) -> list[str]:
+    rows = pd.DataFrame(
+        [
+            {
+                "split": s,
+                "images": r.summary[s]["count"],
+                "mean": r.summary[s]["mean"],
+                "std": r.summary[s]["std"],
+                **r.summary[s]["per_class"],
+            }
+            for s in ("train", "val", "test")
+        ]
+    )
+    examples = figure(r.reports / "data/examples.png", "Training images, one row per class")
+    return ['<h2 id="data">Data</h2>', frame_table(rows), examples]
+
+
+def classifier_section(r: Results) -> list[str]:
+    per_digit = (
+        pd.DataFrame(r.cls_details.get("per_digit", {})).T.rename_axis("digit").reset_index()
+    )
+    figures = {
+        "curves.png": "Loss and accuracy per epoch",
+        "figures/confusion.png": "Confusion matrix on the test set",
+        "figures/breakdown.png": "False positives and false negatives per other digit",
+        "figures/mistakes.png": "The most confident mistakes",
+    }
+    return [
+        '<h2 id="classifier">Classifier</h2>',
+        table([(k, v) for k, v in flatten(r.cls, sep=" ").items()], ("metric", "test set")),
+        "<h3>The detector, per digit</h3>",
+        frame_table(per_digit),
+        *(figure(r.reports / "classifier" / name, caption) for name, caption in figures.items()),
+    ]
+
+
+def gan_section(r: Results, gif: Path) -> list[str]:
+    progress = sorted((r.reports / "gan/progress").glob("step_*.png"))
     progress_html = "".join(
         f'<figure><img src="{data_uri(p)}" alt="fixed noise at {p.stem}"><figcaption>G step '
         f"{int(p.stem.split('_')[1])}</figcaption></figure>"
         for p in progress
     )
-    gan_rows = [(k, v) for k, v in gan.items() if not isinstance(v, dict)]
-    per_digit_html = ""
-    if gan.get("per_digit") and digit == "all":
-        by = "the digit asked for" if conditional else "the digit the classifier sees"
-        per_digit = pd.DataFrame(gan["per_digit"]).T.rename_axis("digit").reset_index()
-        per_digit_html = f"<h3>Per digit (samples grouped by {by})</h3>" + frame_table(per_digit)
-    run_ids = [(stage, runs.stages.get(stage)) for stage in STAGES]
-    run_ids += [("report (this page)", runs.report)] if runs.report else []
-    runs_rows = "".join(
-        f'<tr><td class="key">{html.escape(label)}</td>'
-        f'<td class="key">{runs.cell(run_id)}</td></tr>'
-        for label, run_id in run_ids
-    )
-    headings = {"data": "Data", "classifier": "Classifier", "gan": "GAN",
-                "mlflow-runs": "MLflow runs", "parameters": "Parameters"}  # fmt: skip
-    threshold = params.get("gan_eval", {}).get("threshold", "?")
-    sections = [
-        f"<h1>digitlab report: {html.escape(str(params['data']['dataset']))}, "
-        f"digit {html.escape(str(digit))}</h1>",
-        summary_section(
-            headline_figures(cls, gan, digit, threshold, conditional),
-            reports / "gan/samples.png",
-            runs,
-            headings,
-        ),
-        '<h2 id="data">Data</h2>',
-        frame_table(data_rows),
-        figure(reports / "data/examples.png", "Training images, one row per class"),
-        '<h2 id="classifier">Classifier</h2>',
-        table([("multiclass test accuracy", cls["accuracy"]), ("test images", cls["n_test"])]),
-        detector_html,
-        figure(reports / "classifier/curves.png", "Loss and accuracy per epoch"),
-        figure(reports / "classifier/figures/confusion.png", "Confusion matrix on the test set"),
-        figure(
-            reports / "classifier/figures/breakdown.png",
-            "False positives and false negatives per other digit",
-        ),
-        figure(reports / "classifier/figures/mistakes.png", "The most confident mistakes"),
+    figures = {
+        k: v
+        for k, v in flatten({**r.gan, **r.gan_details}, sep=" ").items()
+        if not k.startswith(("per_digit", "predicted_digits"))
+    }
+    per_digit = ""
+    if len(r.gan_details.get("per_digit", {})) > 1:
+        by = "the digit asked for" if r.conditional else "the digit the classifier sees"
+        frame = pd.DataFrame(r.gan_details["per_digit"]).T.rename_axis("digit").reset_index()
+        per_digit = f"<h3>Per digit (samples grouped by {by})</h3>" + frame_table(frame)
+    rows = " (one row per digit asked for)" if r.conditional else ""
+    return [
         '<h2 id="gan">GAN</h2>',
-        figure(reports / "gan/losses.png", "GAN losses and discriminator outputs"),
+        figure(r.reports / "gan/losses.png", "GAN losses and discriminator outputs"),
         "<h3>Fixed-noise samples as training goes on</h3>",
         figure(gif, "The same 100 noise vectors through training (animated)"),
         f'<div class="grid">{progress_html}</div>',
         "<h3>Final samples</h3>",
-        '<p>100 samples of the saved generator: in the <a href="#summary">summary</a>'
-        f"{' (one row per digit asked for)' if conditional else ''}.</p>",
+        f'<p>100 samples of the saved generator: in the <a href="#summary">summary</a>{rows}.</p>',
         figure(
-            reports / "gan/class_histogram.png",
+            r.reports / "gan/class_histogram.png",
             "Classes of the generated images, as the classifier sees them",
         ),
         "<h3>GAN metrics</h3>",
-        table(gan_rows, ("metric", "value")) if gan_rows else "<p><em>run evaluate_gan</em></p>",
-        per_digit_html,
-        '<h2 id="mlflow-runs">MLflow runs</h2>',
-        f'<table><tr><th class="key">stage</th><th class="key">run id</th></tr>{runs_rows}</table>',
+        table(list(figures.items()), ("metric", "value"))
+        if figures
+        else "<p><em>run evaluate_gan</em></p>",
+        per_digit,
+    ]
+
+
+def runs_section(runs: MlflowRuns) -> list[str]:
+    run_ids = [(stage, runs.stages.get(stage)) for stage in STAGES]
+    run_ids += [("report (this page)", runs.report)] if runs.report else []
+    rows = "".join(
+        f'<tr><td class="key">{html.escape(label)}</td><td class="key">{runs.cell(run_id)}</td></tr>'
+        for label, run_id in run_ids
+    )
+    header = '<tr><th class="key">stage</th><th class="key">run id</th></tr>'
+    return ['<h2 id="mlflow-runs">MLflow runs</h2>', f"<table>{header}{rows}</table>"]
+
+
+HEADINGS = {
+    "data": "Data",
+    "classifier": "Classifier",
+    "gan": "GAN",
+    "mlflow-runs": "MLflow runs",
+    "parameters": "Parameters",
+}
+
+
+def build_report(root: Path, runs: MlflowRuns, gif: Path) -> str:
+    """The whole page as HTML text: the summary first, the details, then the params (folded)."""
+    r = Results.read(root)
+    digit = r.params["digit"]
+    threshold = r.params.get("gan_eval", {}).get("threshold", "?")
+    rows = headline_figures(r.cls, r.gan, digit, threshold, r.conditional)
+    params = html.escape(yaml.safe_dump(r.params, sort_keys=False))
+    sections = [
+        f"<h1>digitlab report: {html.escape(str(r.params['data']['dataset']))}, "
+        f"digit {html.escape(str(digit))}</h1>",
+        summary_section(rows, r.reports / "gan/samples.png", runs, HEADINGS),
+        *data_section(r),
+        *classifier_section(r),
+        *gan_section(r, gif),
+        *runs_section(runs),
         '<h2 id="parameters">Parameters</h2>',
-        "<details><summary>Parameters (params.yaml)</summary>"
-        f"<pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre></details>",
+        f"<details><summary>Parameters (params.yaml)</summary><pre>{params}</pre></details>",
     ]
     body = "\n".join(sections)
     return (

@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
-from digitlab.errors import DigitlabError, ignore_stops
+from digitlab.errors import DigitlabError, os_error_line
+from digitlab.flat import flatten, numbers
 from digitlab.params import Params
+from digitlab.stopping import ignore_stops
 
 EXPERIMENT = "digitlab"
 PIPELINE_TAG = "digitlab.pipeline"
@@ -82,18 +84,6 @@ def pipeline_id(params: Params, commit: str) -> str:
     return "params:" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def flatten(obj: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} → {'a.b': 1}"""
-    flat: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, sep, f"{name}{sep}"))
-        else:
-            flat[name] = value
-    return flat
-
-
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive lock on `<db>.lock` beside a SQLite store (nothing for other stores).
@@ -151,7 +141,7 @@ def _parent_run_id(
         run_name=f"pipeline {pipeline}",
         tags={**tags, PIPELINE_TAG: pipeline, KIND_TAG: "pipeline"},
     )
-    flat = flatten(params.model_dump(mode="json"))
+    flat = flatten(params.model_dump(mode="json"), sep=".")
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
     return run.info.run_id
 
@@ -186,35 +176,60 @@ class TrackingError(DigitlabError):
     """The MLflow store cannot be reached or used."""
 
 
-def _store_errors() -> tuple[type[BaseException], ...]:
-    """What MLflow raises when its store is down, hangs, refuses or is damaged."""
-    import requests
-    import sqlalchemy.exc
-    from mlflow.exceptions import MlflowException
+@dataclass(frozen=True)
+class Store:
+    """The MLflow store a stage logs to, and one line for each way it can fail: what MLflow
+    raises when its store is down, hangs, refuses or is damaged, or cannot be written."""
 
-    return MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError
+    uri: str
+    root: Path
+    named_by_env: bool  # MLFLOW_TRACKING_URI names it (read before MLflow sets it itself)
 
+    @classmethod
+    def of_repo(cls) -> Store:
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        root = repo_root()
+        return cls(tracking_uri(root), root, bool(os.environ.get("MLFLOW_TRACKING_URI")))
 
-def store_error(uri: str, exc: BaseException, named_by_env: bool) -> TrackingError:
-    """One line naming the store (the variable, when the user set it) and why it cannot be
-    used."""
-    text = str(exc)
-    if "Connection refused" in text or "Failed to establish" in text:
-        reason = "connection refused: is the server running?"
-    elif "timed out" in text.lower() or "Read timed out" in text:
-        reason = f"no answer within {os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
-    else:
-        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-        reason = (lines[0] if lines else type(exc).__name__)[:300]
-    if named_by_env:
+    @staticmethod
+    def errors() -> tuple[type[BaseException], ...]:
+        import requests
+        import sqlalchemy.exc
+        from mlflow.exceptions import MlflowException
+
+        return MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError
+
+    def error(self, exc: BaseException) -> TrackingError:
+        """One line naming the store (the variable, when the user set it) and why it cannot
+        be used; a file MLflow could not write is named with the reason."""
+        text = str(exc)
+        name = f"MLFLOW_TRACKING_URI={self.uri}" if self.named_by_env else self.uri
+        if isinstance(exc, OSError):
+            return TrackingError(f"{os_error_line(exc)} (writing to the MLflow store {name})")
+        if "Connection refused" in text or "Failed to establish" in text:
+            reason = "connection refused: is the server running?"
+        elif "timed out" in text.lower():
+            reason = f"no answer within {os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
+        else:
+            lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+            reason = (lines[0] if lines else type(exc).__name__)[:300]
+        if self.named_by_env:
+            return TrackingError(f"{name}: the MLflow store cannot be used ({reason})")
+        db = self.uri.removeprefix("sqlite:///")
         return TrackingError(
-            f"MLFLOW_TRACKING_URI={uri}: the MLflow store cannot be used ({reason})"
+            f"{db}: the MLflow store cannot be used ({reason}); if it is damaged, move it away "
+            f"(mv {db} {db}.bad) and a new one is made"
         )
-    db = uri.removeprefix("sqlite:///")
-    return TrackingError(
-        f"{db}: the MLflow store cannot be used ({reason}); if it is damaged, move it away "
-        f"(mv {db} {db}.bad) and a new one is made"
-    )
+
+    @contextlib.contextmanager
+    def calls(self) -> Iterator[None]:
+        """MLflow calls in this block that fail (an OSError inside MLflow included) become one
+        TrackingError line."""
+        try:
+            yield
+        except (*self.errors(), OSError) as exc:
+            raise self.error(exc) from None
 
 
 def dvc_hash(path: Path, lock: Path = Path("dvc.lock")) -> str | None:
@@ -257,9 +272,11 @@ class ModelToRegister:
 
 @dataclass
 class StageRun:
-    """The active MLflow run of a stage, and the models it will register when it finishes."""
+    """The active MLflow run of a stage: what the stage logs goes through it, so that a failing
+    MLflow call names the store and any other failure names its own cause."""
 
     run: Any  # mlflow.ActiveRun
+    store: Store
     to_register: list[ModelToRegister] = field(default_factory=list)
 
     @property
@@ -270,36 +287,101 @@ class StageRun:
     def data(self) -> Any:
         return self.run.data
 
-    def log_model(
-        self, model: Any, name: str, example: Any, alias: str, tags: Mapping[str, str]
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Params, flattened to dotted names ('gan.optimizer_g.lr')."""
+        import mlflow
+
+        with self.store.calls():
+            mlflow.log_params(flatten(params, sep="."))
+
+    def log_metrics(
+        self, metrics: Mapping[str, Any], prefix: str = "", step: int | None = None
     ) -> None:
-        """Log `model` with mlflow.pytorch, its signature and input example taken from
-        `example` (real inputs), loadable without digitlab installed (its code travels with
-        it); registered as `name` with `alias` when the run ends FINISHED, never before."""
+        """Every number of a (nested) mapping, under its flat name: {prefix}/a/b."""
+        import mlflow
+
+        with self.store.calls():
+            mlflow.log_metrics(numbers(flatten(metrics, prefix=prefix)), step=step)
+
+    def log_artifacts(self, paths: list[str | Path], folder: str) -> None:
+        """Files (a folder: all its files) copied into the run's artifacts under `folder`."""
+        import mlflow
+
+        with self.store.calls():
+            for path in map(Path, paths):
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), f"{folder}/{path.name}")
+                else:
+                    mlflow.log_artifact(str(path), folder)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        with self.store.calls():
+            mlflow.set_tags(dict(tags))
+
+    def log_model(
+        self,
+        model: Any,
+        name: str,
+        example: Any,
+        alias: str,
+        tags: Mapping[str, str],
+        digit_column: bool = False,
+    ) -> None:
+        """Log `model` with mlflow.pytorch behind an InputGuard (non-finite or wrongly shaped
+        input refused in one message), its signature and input example taken from `example`
+        (real inputs), loadable without digitlab installed (its code travels with it, and
+        mlflow.pytorch.load_model gives the InputGuard, the network as its `.model`);
+        registered as `name` with `alias` when the run ends FINISHED, never before."""
         import mlflow
         import torch
         from mlflow.models import infer_signature
 
         import digitlab
+        from digitlab.serving import InputGuard
 
         # weights in the default (NCHW) layout: the saved archive expects contiguous tensors
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+        guarded = InputGuard(model, tuple(example.shape[1:]), digit_column)
         example = example.cpu()
         with torch.inference_mode():
-            output = model(example)
+            output = guarded(example)
         inputs = example.numpy()
         pins = [f"{dist}=={metadata.version(dist)}" for dist in MODEL_REQUIREMENTS]
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(inputs, output.numpy()),
-            input_example=inputs,
-            pip_requirements=pins,  # given: inferring them loads the model again, slowly
-            code_paths=[str(Path(digitlab.__file__).parent)],
-        )
+        with self.store.calls():
+            info = mlflow.pytorch.log_model(
+                guarded,
+                name="model",
+                signature=infer_signature(inputs, output.numpy()),
+                input_example=inputs,
+                pip_requirements=pins,  # given: inferring them loads the model again, slowly
+                code_paths=[str(Path(digitlab.__file__).parent)],
+                # torch.export (pt2, MLflow's default) cannot hold the guard's checks of data
+                serialization_format="pickle",
+            )
         run_tags = self.run.data.tags
         tags = {"git.commit": run_tags["git.commit"], "dvc.exp": run_tags["dvc.exp"], **tags}
         self.to_register.append(ModelToRegister(info.model_uri, name, alias, dict(tags)))
+
+    def log_generator(self, generator: Any, name: str, params: Params) -> None:
+        """The generator as an MLflow model (log_model), its input example seeded latent
+        vectors: a conditional one takes the digit in column 0, then the latent vector."""
+        import torch
+
+        from digitlab.inference import requested_digits, sample_latent
+        from digitlab.serving import DigitFirstGenerator
+
+        cfg, dataset = params.gan, params.data.dataset
+        rng = torch.Generator().manual_seed(params.seed)
+        example = sample_latent(5, cfg.latent_size, cfg.latent, rng, torch.device("cpu"))
+        if cfg.conditional:
+            generator = DigitFirstGenerator(generator)
+            example = torch.cat([requested_digits(5, params.digits)[:, None].float(), example], 1)
+        kind = "conditional" if cfg.conditional else "unconditional"
+        tags = {"dataset": dataset, "digit": str(params.digit), "kind": kind}
+        alias = f"latest-{dataset}-{params.digit}"
+        self.log_model(generator, name, example, alias, tags, digit_column=cfg.conditional)
 
 
 def register_models(client: Any, stage: StageRun) -> None:
@@ -314,6 +396,76 @@ def register_models(client: Any, stage: StageRun) -> None:
         print(f"registered {model.name} version {version.version} (@{model.alias})")
 
 
+def run_tags(params: Params, root: Path) -> dict[str, str]:
+    """The tags of a stage's run and of its pipeline's parent run: git.commit (also as the
+    run's source), dvc.exp, digit, dataset."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_TYPE
+
+    commit = git_commit(root)
+    return {
+        "git.commit": commit,
+        "dvc.exp": experiment_name(),
+        "digit": str(params.digit),
+        "dataset": params.data.dataset,
+        MLFLOW_GIT_COMMIT: commit,
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+    }
+
+
+def _start(stage: str, params: Params, store: Store, system_metrics: bool) -> tuple[Any, Any, str]:
+    """(client, the stage's active run, its parent run's id), the parent found or made."""
+    import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME
+
+    tags = run_tags(params, store.root)
+    pipeline = pipeline_id(params, tags["git.commit"])
+    mlflow.set_tracking_uri(store.uri)
+    parent = None
+    try:
+        with store_lock(store.uri):
+            client = mlflow.MlflowClient(store.uri)
+            experiment_id = _experiment_id(client, store.root, store.uri.startswith("sqlite:"))
+            parent_tags = {**tags, MLFLOW_SOURCE_NAME: "dvc.yaml"}
+            parent = _parent_run_id(client, experiment_id, pipeline, parent_tags, params)
+        stage_tags = {
+            "dvc.stage": stage,
+            PIPELINE_TAG: pipeline,
+            KIND_TAG: "stage",
+            MLFLOW_SOURCE_NAME: f"stages/{stage}.py",
+        }
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=stage,
+            parent_run_id=parent,
+            tags={**tags, **stage_tags},
+            log_system_metrics=system_metrics,
+        )
+    except (*store.errors(), OSError) as exc:
+        if parent is not None:  # the stage's run could not start: its pipeline is not running
+            with contextlib.suppress(*store.errors(), OSError):
+                client.set_terminated(parent, "FAILED")
+        raise store.error(exc) from None
+    return client, run, parent
+
+
+def _close(client: Any, stage: StageRun, parent: str, status: str) -> bool:
+    """End the stage's run with `status` and summarise it on its parent; False (and a warning
+    line) when the store went away meanwhile: the stage's outcome stands."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except (*stage.store.errors(), OSError) as exc:
+        print(
+            f"digitlab: warning: run {stage.info.run_id} ({stage.data.tags['dvc.stage']}) "
+            f"could not be closed as {status}: {stage.store.error(exc)}",
+            file=sys.stderr,
+        )
+        return False
+    _summarise_on_parent(client, parent, stage.info.run_id, status)
+    return True
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -326,78 +478,29 @@ def stage_run(
 
     Logs `logged_params` (flattened), data/prepared as the run's input when `data_context`
     ('training', 'testing') is given, CPU and memory use when `system_metrics`, and the tags
-    dvc.stage, git.commit (also as the run's source), dvc.exp, digit, dataset. The run ends
-    FINISHED, or FAILED when the block raises (an exception, Ctrl-C, or SIGTERM under
-    errors.run_main); only a FINISHED run registers the models it logged. Its metrics are
-    then copied onto the parent run. A store that cannot be used fails the stage with one
-    TrackingError line, within seconds.
+    of run_tags() and dvc.stage. The run ends FINISHED, or FAILED when the block raises (an
+    exception, Ctrl-C, or SIGTERM under stopping.run_main); only a FINISHED run registers the
+    models it logged. Its metrics are then copied onto the parent run. A store that cannot be
+    used fails the stage with one TrackingError line, within seconds; any other failure of the
+    block passes through unchanged, to be reported as what it is.
     """
-    import mlflow
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
-
-    for key, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop notes
-    errors = _store_errors()
-    root = repo_root()
-    uri = tracking_uri(root)
-    named_by_env = bool(os.environ.get("MLFLOW_TRACKING_URI"))  # before MLflow sets it
-    commit = git_commit(root)
-    tags = {
-        "git.commit": commit,
-        "dvc.exp": experiment_name(),
-        "digit": str(params.digit),
-        "dataset": params.data.dataset,
-        MLFLOW_GIT_COMMIT: commit,
-        MLFLOW_SOURCE_TYPE: "LOCAL",
-    }
-    pipeline = pipeline_id(params, commit)
-    stage_tags = {"dvc.stage": stage, PIPELINE_TAG: pipeline, KIND_TAG: "stage",
-                  MLFLOW_SOURCE_NAME: f"stages/{stage}.py"}  # fmt: skip
-    parent = None
-    try:
-        mlflow.set_tracking_uri(uri)
-        with store_lock(uri):
-            client = mlflow.MlflowClient(uri)
-            experiment_id = _experiment_id(client, root, local_store=uri.startswith("sqlite:"))
-            parent = _parent_run_id(
-                client, experiment_id, pipeline, {**tags, MLFLOW_SOURCE_NAME: "dvc.yaml"}, params
-            )
-        run = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=stage,
-            parent_run_id=parent,
-            tags={**tags, **stage_tags},
-            log_system_metrics=system_metrics,
-        )
-    except errors as exc:
-        if parent is not None:  # the stage's run could not start: its pipeline is not running
-            with contextlib.suppress(*errors):
-                client.set_terminated(parent, "FAILED")
-        raise store_error(uri, exc, named_by_env) from None
-    current = StageRun(run)
+    store = Store.of_repo()
+    client, run, parent = _start(stage, params, store, system_metrics)
+    current = StageRun(run, store)
     status = "FAILED"
     try:
-        mlflow.log_params(flatten(logged_params))
+        current.log_params(logged_params)
         if data_context:
-            log_prepared_data(params.data.dataset, data_context)
+            with store.calls():
+                log_prepared_data(params.data.dataset, data_context)
         yield current
         ignore_stops()  # the stage's work is done: closing its run must not be cut short
         status = "FINISHED"
-    except errors as exc:
-        raise store_error(uri, exc, named_by_env) from None
+    except store.errors() as exc:  # an MLflow call the stage made itself
+        raise store.error(exc) from None
     finally:
-        closed = True
-        try:
-            mlflow.end_run(status)
-        except errors as exc:  # the store went away: the stage's outcome stands, say so
-            closed = False
-            print(f"digitlab: warning: run {run.info.run_id} ({stage}) could not be closed as "
-                  f"{status}: {store_error(uri, exc, named_by_env)}", file=sys.stderr)  # fmt: skip
-        if closed:
-            _summarise_on_parent(client, parent, run.info.run_id, status)
+        closed = _close(client, current, parent, status)
     if closed:  # only now: a version's source run is FINISHED
-        try:
+        with store.calls():
             register_models(client, current)
-        except errors as exc:
-            raise store_error(uri, exc, named_by_env) from None

@@ -18,33 +18,35 @@ from digitlab.errors import DigitlabError
 from digitlab.inference import answers, predict_logits
 from digitlab.models import channels_last, nhwc
 from digitlab.optim import make_optimizer
-from digitlab.params import AugmentParams, ClassifierParams
+from digitlab.params import AugmentParams, ClassifierArchitecture, ClassifierParams
 
 
 class TrainingDiverged(DigitlabError):
     """The loss became NaN or infinite."""
 
 
-def classifier_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+def classifier_loss(
+    logits: torch.Tensor, labels: torch.Tensor, arch: ClassifierArchitecture
+) -> torch.Tensor:
     """ce: softmax cross-entropy; bce: ten sigmoid detectors vs one-hot; mse: sigmoid vs one-hot,
     or, for a regression head (one output), the output vs the digit's value."""
-    if logits.shape[1] == 1:
+    if arch.head == "regression":
         return F.mse_loss(logits.squeeze(1), labels.to(logits.dtype))
-    if kind == "ce":
+    if arch.loss == "ce":
         return F.cross_entropy(logits, labels)
     target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-    if kind == "bce":
+    if arch.loss == "bce":
         return F.binary_cross_entropy_with_logits(logits, target)
     return F.mse_loss(torch.sigmoid(logits), target)
 
 
 def loss_and_accuracy(
-    model: nn.Module, split: Split, kind: str, device: torch.device
+    model: nn.Module, split: Split, arch: ClassifierArchitecture, device: torch.device
 ) -> tuple[float, float]:
     """Mean loss and multiclass accuracy of the model on a split."""
     logits = predict_logits(model, split.images, device)
-    loss = classifier_loss(logits, split.labels, kind).item()
-    accuracy = (answers(logits) == split.labels).double().mean().item()
+    loss = classifier_loss(logits, split.labels, arch).item()
+    accuracy = (answers(logits, arch.head) == split.labels).double().mean().item()
     return loss, accuracy
 
 
@@ -68,6 +70,97 @@ def random_affine(
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
+def make_scheduler(
+    cfg: ClassifierParams, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """classifier.scheduler: none, or onecycle (torch's OneCycleLR over every step, without
+    its momentum cycling: betas / momentum stay as params.yaml sets them)."""
+    if cfg.scheduler != "onecycle":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.optimizer.lr, total_steps=total_steps, cycle_momentum=False
+    )
+
+
+@dataclass
+class Epoch:
+    """One pass of training: each step's loss and correct answers, on the device (read once,
+    at its end), and each step's batch size."""
+
+    losses: list[torch.Tensor]
+    correct: list[torch.Tensor]
+    sizes: list[int]
+
+    def summary(self, epoch: int, cfg: ClassifierParams) -> tuple[float, float]:
+        """(mean training loss, training accuracy); TrainingDiverged names the first step
+        whose loss was not finite."""
+        losses = torch.stack(self.losses).tolist()
+        for step, value in enumerate(losses, 1):
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"classifier loss became {value} at epoch {epoch}, step {step} "
+                    f"(classifier.optimizer.lr={cfg.optimizer.lr}): lower the learning rate"
+                )
+        n = sum(self.sizes)
+        loss_sum = 0.0
+        for value, size in zip(losses, self.sizes, strict=True):
+            loss_sum += value * size
+        return loss_sum / n, int(torch.stack(self.correct).sum()) / n
+
+
+@dataclass
+class Optimization:
+    """How training steps: the optimizer, the learning-rate schedule, the batch size, and the
+    random stream that orders and augments the batches."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    batch: int
+    generator: torch.Generator
+
+    @classmethod
+    def build(cls, cfg: ClassifierParams, model: nn.Module, n: int, seed: int) -> Optimization:
+        generator = torch.Generator().manual_seed(seed)
+        batch = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
+        optimizer = make_optimizer(cfg.optimizer, model.parameters())
+        scheduler = make_scheduler(cfg, optimizer, cfg.epochs * math.ceil(n / batch))
+        return cls(optimizer, scheduler, batch, generator)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
+def train_epoch(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    cfg: ClassifierParams,
+    opt: Optimization,
+    on_step: Callable[[int], None],
+) -> Epoch:
+    """One pass over the training tensors in seeded random batches cut in memory (no
+    DataLoader), each augmented when cfg.augment is on; `on_step(step)` after each step."""
+    images, labels = data
+    model.train()
+    order = torch.randperm(len(labels), generator=opt.generator).to(images.device)
+    epoch = Epoch([], [], [])
+    for step, idx in enumerate(order.split(opt.batch), 1):
+        x, y = images.index_select(0, idx), labels.index_select(0, idx)  # 3× faster than [idx]
+        if cfg.augment.active:
+            x = random_affine(x, cfg.augment, opt.generator)
+        logits = model(nhwc(x))
+        loss = classifier_loss(logits, y, cfg)
+        opt.step(loss)
+        on_step(step)
+        epoch.losses.append(loss.detach())
+        epoch.correct.append((answers(logits.detach(), cfg.head) == y).sum())
+        epoch.sizes.append(len(y))
+    return epoch
+
+
 @dataclass
 class TrainResult:
     """The best-on-validation weights and one history row per epoch."""
@@ -75,6 +168,17 @@ class TrainResult:
     state_dict: dict[str, torch.Tensor]
     best_epoch: int
     history: list[dict[str, float]]
+
+    def record(self, row: dict[str, float], model: nn.Module) -> None:
+        """Add an epoch's row; keep the model's weights (copied off the device) when they did
+        best so far on validation: the highest accuracy, then the lowest loss."""
+        self.history.append(row)
+        best = max(self.history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+        if best is row:
+            self.best_epoch = int(row["epoch"])
+            self.state_dict = copy.deepcopy(
+                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            )
 
 
 def fit_classifier(
@@ -89,74 +193,30 @@ def fit_classifier(
 ) -> TrainResult:
     """Train `model` for cfg.epochs epochs; keep the weights with the best validation accuracy.
 
-    Batches are cut from the tensors already in memory (no DataLoader, no per-sample work).
     batch_size 0 makes one step on the whole training set per epoch, as the labs' loop does.
     `on_step(epoch, step)` runs after every optimizer step, `on_epoch(row)` after every epoch.
     Raises TrainingDiverged, naming the epoch, step and learning rate, on a NaN/inf loss.
     """
-    generator = torch.Generator().manual_seed(seed)
     channels_last(model.to(device))
-    images, labels = train.images.to(device), train.labels.to(device)
-    n = len(labels)
-    batch = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters())
-    scheduler = None
-    if cfg.scheduler == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=cfg.optimizer.lr,
-            total_steps=cfg.epochs * steps_per_epoch,
-            cycle_momentum=False,  # momentum / betas stay as params.yaml sets them
-        )
-    best: tuple[float, float] = (-1.0, 0.0)
+    data = train.images.to(device), train.labels.to(device)  # moved once; batches cut there
+    opt = Optimization.build(cfg, model, len(train), seed)
     result = TrainResult({}, 0, [])
     for epoch in tqdm(
         range(1, cfg.epochs + 1), desc="train_classifier", unit="epoch", disable=None
     ):
         start = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        # Running sums as Python numbers: on the CPU, a few more tiny tensor ops per step
-        # cost more than the .item() they save (thread wake-ups for each op).
-        loss_sum, correct = 0.0, 0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch : (step + 1) * batch]
-            x, y = images.index_select(0, idx), labels.index_select(0, idx)  # 3× faster than [idx]
-            if cfg.augment.active:
-                x = random_affine(x, cfg.augment, generator)
-            logits = model(nhwc(x))
-            loss = classifier_loss(logits, y, cfg.loss)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"classifier loss became {value} at epoch {epoch}, step {step + 1} "
-                    f"(classifier.optimizer.lr={cfg.optimizer.lr}): lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            on_step(epoch, step + 1)
-            loss_sum += value * len(y)
-            correct += int((answers(logits.detach()) == y).sum())
-        val_loss, val_acc = loss_and_accuracy(model, val, cfg.loss, device)
+        done = train_epoch(model, data, cfg, opt, lambda step, epoch=epoch: on_step(epoch, step))
+        train_loss, train_acc = done.summary(epoch, cfg)
+        val_loss, val_acc = loss_and_accuracy(model, val, cfg, device)
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum / n,
-            "train_acc": correct / n,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": opt.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
         }
-        result.history.append(row)
+        result.record(row, model)
         on_epoch(row)
-        if (val_acc, -val_loss) > best:
-            best = (val_acc, -val_loss)
-            result.best_epoch = epoch
-            result.state_dict = copy.deepcopy(
-                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            )
     return result
