@@ -4,7 +4,7 @@ recipe, tuomaso/train_mnist_fast's recipe and pytorch/examples' (both written he
 PyTorch, as published); until the default GAN's Fréchet ratio (evaluate_gan's judge) drops
 below 2, next to PyTorch-GAN's vanilla GAN; until a revisited setting is back from DVC's
 run-cache; a `dvc repro` with nothing to do. Writes reports/bench.json, then the tables in
-README.md and docs/performance.md (benchmarks/render.py).
+docs/performance.md (benchmarks/render.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ TARGETS = {"99": 0.99, "995": 0.995}  # test accuracy the classifier recipes rac
 FRECHET_TARGET = 2.0  # the GAN races until its Fréchet ratio is below this
 GAN_SAMPLES = 2000  # generated images per Fréchet judgement
 EXAMPLES_EPOCHS = 5  # of pytorch/examples' 14: its 99.0% came at epoch 4 (docs/performance.md)
-# digitlab's fast recipe, params only (README, "The fast recipe"): one epoch, no augmentation.
+# digitlab's fast recipe, params only (README, "Experiments"): one epoch, no augmentation.
 FAST_RECIPE = {
     "classifier.arch": "fastcnn", "classifier.optimizer.name": "adam",
     "classifier.optimizer.lr": 0.01, "classifier.optimizer.betas": [0.7, 0.9],

@@ -1,4 +1,4 @@
-"""`make bench-cgan`: digitlab's conditional GAN (the README's all-digit line) next to
+"""`make bench-cgan`: digitlab's conditional GAN (docs/experiments.md's all-digit line) next to
 PyTorch-GAN's cgan.py, both trained on all ten digits for the same seconds on this machine and
 judged by evaluate_gan's metrics with the pipeline's classifier (models/classifier.pt): the
 requested-digit decent rate, the per-digit Fréchet ratios, the classifier score. Writes
@@ -28,7 +28,7 @@ from digitlab.params import ClassifierArchitecture, load_params
 
 CPU = torch.device("cpu")
 DIGITS = list(range(10))
-# The README's all-digit line: `dvc exp run -S digit=all -S gan.conditional=true …`.
+# docs/experiments.md's all-digit line: `dvc exp run -S digit=all -S gan.conditional=true …`.
 CONDITIONAL_RECIPE: dict[str, Any] = {
     "digit": "all", "gan.conditional": True, "gan.batch_size": 128,
     "gan.optimizer_d.lr": 0.0004, "gan.optimizer_g.lr": 0.0004, "gan.epochs": 10,

@@ -1,4 +1,4 @@
-"""The tables of README.md and docs/performance.md, written from reports/bench.json between
+"""The tables of docs/performance.md, written from reports/bench.json between
 `<!-- bench:start -->` and `<!-- bench:end -->`, so the figures are kept in one place."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-PAGES = (Path("README.md"), Path("docs/performance.md"))
+PAGES = (Path("docs/performance.md"),)
 
 
 CLASSIFIERS = {"default": "digitlab default", "fast_recipe": "digitlab fast recipe",
@@ -95,7 +95,7 @@ def update(path: Path, table: str) -> None:
 
 
 def write_tables(results: dict[str, Any]) -> str:
-    """Put the table of `results` into README.md and docs/performance.md; returns it."""
+    """Put the table of `results` into docs/performance.md; returns it."""
     table = render(results)
     for path in PAGES:
         update(path, table)

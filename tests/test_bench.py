@@ -166,8 +166,8 @@ def test_pytorch_gan_cgan_recipe_trains_and_both_are_judged_alike(
     assert n_parameters(CganGenerator()) == 1_511_412  # gan.py's + 10 inputs × 128 + the embedding
     assert n_parameters(CganDiscriminator()) == 932_965
     assert recipe_params(repo_params(), CONDITIONAL_RECIPE).gan.conditional
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    line = re.search(r"dvc exp run -S digit=all -S gan.conditional=true[^`]*", readme).group(0)
+    docs = (Path(__file__).parents[1] / "docs/experiments.md").read_text()
+    line = re.search(r"dvc exp run -S digit=all -S gan.conditional=true[^`]*", docs).group(0)
     pairs = (pair.split("=") for pair in re.findall(r"-S (\S+)", line))
     settings = {key: yaml.safe_load(value) for key, value in pairs}  # as dvc's -S reads them
     assert recipe_params(repo_params(), settings) == recipe_params(

@@ -198,7 +198,7 @@ def test_make_ui_lists_the_experiment_and_its_runs_in_chromium(
     with log.open("w") as out:
         proc = subprocess.Popen(
             ["make", "--no-print-directory", "ui", f"UI_PORT={port}", f"BIN={BIN}",
-             f"STAMP={venv / '.installed'}"],
+             f"STAMP={venv / '.installed'}", "-o", str(venv / ".installed")],  # never remade
             cwd=path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:

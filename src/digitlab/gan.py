@@ -188,9 +188,9 @@ class StepLog:
         self._check("generator", [s for s, _ in self.g], g)
         columns = {
             "d_loss": [v[0] for v in d],
+            "g_loss": g,
             "d_real": [v[1] for v in d],
             "d_fake": [v[2] for v in d],
-            "g_loss": g,
         }
         means = {k: sum(v) / len(v) if v else float("nan") for k, v in columns.items()}
         self.d, self.g = [], []
