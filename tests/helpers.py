@@ -242,13 +242,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 120) -> None:
-    """Wait until an `mlflow server` answers /health, failing with its log if it exits."""
+def wait_until_healthy(
+    proc: subprocess.Popen, port: int, log: Path, timeout: float = 120, path: str = "/health"
+) -> None:
+    """Wait until a server answers `path` with 200, failing with its log if it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
                 if reply.status == 200:
                     return
         except OSError:

@@ -9,6 +9,7 @@ import http.server
 import os
 import pickle
 import shutil
+import stat
 import tarfile
 import threading
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from digitlab.files import umask
 from digitlab.raw import (
     CIFAR_DIR,
     CIFAR_FILES,
@@ -70,6 +72,10 @@ def test_local_dir_source_plain_and_gzipped(
         verify_raw("mnist", dest)
         assert logs[0].startswith("fetch: trying local-dir")
         assert no_leftovers(dest.parent)
+    # readable as the rest of the repo (the umask's permissions, not a temporary folder's 0700)
+    mask = umask()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~mask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in dest.iterdir()} == {0o666 & ~mask}
     # A second fetch finds the verified files in place and touches nothing.
     assert fetch_raw("mnist", dest, []) == "existing"
 
