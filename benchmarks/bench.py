@@ -1,9 +1,10 @@
-"""`make bench`: time to an answer, measured side by side in one run. Seconds of training
-until the classifier first reaches 99.0% and 99.5% test accuracy: digitlab's default, its fast
-recipe, tuomaso/train_mnist_fast's recipe and pytorch/examples' (both written here in plain
-PyTorch, as published); until the default GAN's Fréchet ratio (evaluate_gan's judge) drops
-below 2, next to PyTorch-GAN's vanilla GAN; until a revisited setting is back from DVC's
-run-cache; a `dvc repro` with nothing to do. Writes reports/bench.json, then the tables in
+"""`make bench`: time to an answer, side by side. Each comparison runs each of its two
+recipes once to warm up, then three times interleaved (ours, theirs, ours, …), and reports every
+ratio and their median: digitlab's fast recipe against tuomaso/train_mnist_fast's, and its
+default against pytorch/examples' (seconds of training to 99.0% test accuracy, both written here
+in plain PyTorch as published); the default GAN against PyTorch-GAN's vanilla GAN (seconds until
+the Fréchet ratio, evaluate_gan's judge, drops below 2). Then a revisited setting back from DVC's
+run-cache, and a `dvc repro` with nothing to do. Writes reports/bench.json, then the tables in
 docs/performance.md (benchmarks/render.py).
 """
 
@@ -14,12 +15,13 @@ import contextlib
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from torch import nn
 from benchmarks.render import write_tables
 from digitlab.checkpoints import load_classifier
 from digitlab.data import Split, load_split
+from digitlab.device import device_info
 from digitlab.files import write_json
 from digitlab.gan import fit_gan
 from digitlab.inference import generate, predict_logits, predict_probabilities
@@ -65,18 +68,25 @@ class _Reached(Exception):
 
 
 class Stopwatch:
-    """Seconds of training: wall time since the start, minus the time spent judging."""
+    """Seconds of training: wall time since the start, minus the time spent judging. On a GPU,
+    the clock is read once the device has done what was asked of it."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device = CPU) -> None:
+        self.device = device
         self.start = time.perf_counter()
         self.judging = 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[float]:
         """Judge inside the block; yields the training seconds so far."""
-        begin = time.perf_counter()
+        begin = self._now()
         yield begin - self.start - self.judging
-        self.judging += time.perf_counter() - begin
+        self.judging += self._now() - begin
 
 
 def seconds_to(curve: list[dict[str, float]], key: str, targets: dict[str, float],
@@ -96,7 +106,7 @@ def _judge_accuracy(
     """Append the model's test accuracy at `epoch` to `curve`; stop when the last target is
     reached. The model is left in training mode."""
     with watch.paused() as seconds:
-        logits = predict_logits(model, test.images, CPU)
+        logits = predict_logits(model, test.images, watch.device)
         model.train()
     accuracy = (logits.argmax(1) == test.labels).double().mean().item()
     curve.append({"epoch": round(epoch, 3), "seconds": seconds, "test_acc": accuracy})
@@ -106,7 +116,7 @@ def _judge_accuracy(
 
 def classifier_time_to_accuracy(
     cfg: ClassifierParams, train: Split, val: Split, test: Split, seed: int,
-    targets: dict[str, float] = TARGETS, checks_per_epoch: int = 1,
+    targets: dict[str, float] = TARGETS, checks_per_epoch: int = 1, device: torch.device = CPU,
 ) -> dict[str, Any]:  # fmt: skip
     """digitlab's training with classifier params `cfg`: training seconds (its validation
     included) until the test accuracy first reaches each target, judged `checks_per_epoch`
@@ -117,14 +127,14 @@ def classifier_time_to_accuracy(
     steps = math.ceil(len(train.labels) / batch)
     every = max(1, steps // checks_per_epoch)
     curve: list[dict[str, float]] = []
-    watch = Stopwatch()
+    watch = Stopwatch(device)
 
     def on_step(epoch: int, step: int) -> None:
         if step % every == 0 or step == steps:
             _judge_accuracy(model, test, curve, watch, epoch - 1 + step / steps, targets)
 
     with contextlib.suppress(_Reached):
-        fit_classifier(model, train, val, cfg, seed, CPU, on_step=on_step)
+        fit_classifier(model, train, val, cfg, seed, device, on_step=on_step)
     return seconds_to(curve, "test_acc", targets)
 
 
@@ -157,7 +167,7 @@ class TuomasoNet(nn.Module):
 
 def tuomaso_time_to_accuracy(
     raw_dir: Path, seed: int, targets: dict[str, float] = TARGETS, checks: int = 10,
-    epochs: int = 1, n_train: int | None = None,
+    epochs: int = 1, n_train: int | None = None, device: torch.device = CPU,
 ) -> dict[str, Any]:  # fmt: skip
     """tuomaso/train_mnist_fast's recipe as published (8_Final notebook): all 60,000 training
     images normalized and shuffled once into memory, batches cut in that order, batch 256,
@@ -167,16 +177,16 @@ def tuomaso_time_to_accuracy(
     torch.manual_seed(seed)
     train, test = _raw_mnist(raw_dir, train=True), _raw_mnist(raw_dir, train=False)
     order = torch.randperm(len(train.labels))[:n_train]
-    images, labels = train.images[order], train.labels[order]
+    images, labels = train.images[order].to(device), train.labels[order].to(device)
     batch_size = 256
     steps = (len(labels) - 1) // batch_size + 1
-    model = TuomasoNet()
+    model = TuomasoNet().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.7, 0.9))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=0.01, total_steps=steps * epochs, cycle_momentum=False
     )
     curve: list[dict[str, float]] = []
-    watch = Stopwatch()
+    watch = Stopwatch(device)
     model.train()
     with contextlib.suppress(_Reached):
         for i in range(steps * epochs):
@@ -251,14 +261,17 @@ class FrechetJudge:
     features of generated images and of real test images of the digit(s), over the same
     distance between real training and real test images (the floor)."""
 
-    def __init__(self, classifier: nn.Module, real_train: torch.Tensor, real_test: torch.Tensor):
-        self.classifier = classifier
-        self.test = predict_logits(classifier, real_test, CPU, features=True)
-        train = predict_logits(classifier, real_train, CPU, features=True)
+    def __init__(
+        self, classifier: nn.Module, real_train: torch.Tensor, real_test: torch.Tensor,
+        device: torch.device = CPU,
+    ) -> None:  # fmt: skip
+        self.classifier, self.device = classifier, device
+        self.test = predict_logits(classifier, real_test, device, features=True)
+        train = predict_logits(classifier, real_train, device, features=True)
         self.floor = frechet_distance(train, self.test)
 
     def ratio(self, samples: torch.Tensor) -> float:
-        features = predict_logits(self.classifier, samples, CPU, features=True)
+        features = predict_logits(self.classifier, samples, self.device, features=True)
         return frechet_distance(features, self.test) / self.floor
 
 
@@ -269,17 +282,17 @@ def gan_time_to_frechet(
     """digitlab's GAN at `params`: training seconds until the generator it would save first
     has a Fréchet ratio below `target` on n_samples fresh samples, judged after every epoch
     (every round); its decent rate is recorded alongside (also the seconds to 90% decent)."""
-    cfg = params.gan
+    cfg, device = params.gan, judge.device
     checks = cfg.epochs if cfg.schedule == "epochs" else cfg.rounds
     cfg = cfg.model_copy(update={"snapshots": checks})
     curve: list[dict[str, float]] = []
-    watch = Stopwatch()
+    watch = Stopwatch(device)
 
     def on_snapshot(g_step: int, saved: nn.Module) -> None:
         with watch.paused() as seconds:
-            samples = generate(saved, n_samples, params.seed, CPU)
+            samples = generate(saved, n_samples, params.seed, device)
             ratio = judge.ratio(samples)
-            probs = predict_probabilities(judge.classifier, architecture, samples, CPU)
+            probs = predict_probabilities(judge.classifier, architecture, samples, device)
             rate = decent_rate(probs, params.digits, params.gan_eval.threshold)
         curve.append({"check": len(curve) + 1, "g_step": g_step, "seconds": seconds,
                       "frechet_ratio": ratio, "decent_rate": rate})  # fmt: skip
@@ -287,7 +300,7 @@ def gan_time_to_frechet(
             raise _Reached
 
     with contextlib.suppress(_Reached):
-        fit_gan(cfg, real, params.seed, CPU, on_snapshot=on_snapshot)
+        fit_gan(cfg, real, params.seed, device, on_snapshot=on_snapshot)
     result = seconds_to(curve, "frechet_ratio", {"frechet_2": target}, below=True)
     result |= seconds_to(curve, "decent_rate", {"90_decent": 0.9})
     return result
@@ -450,52 +463,126 @@ def _torchvision_mnist(raw_dir: Path, root: str, transform: Any, train: bool = T
     return datasets.MNIST(root, train=train, download=False, transform=transform)
 
 
-def run(params: Params, prepared: Path, raw_dir: Path, revisit: tuple[str, Any] | None) -> dict:
-    """Every benchmark, in one process; returns the figures (flat keys first, then curves)."""
-    train, val, test = (load_split(prepared, name) for name in ("train", "val", "test"))
-    seed = params.seed
-    fast = recipe_params(params, FAST_RECIPE).classifier
-    classifier = {
-        "default": classifier_time_to_accuracy(params.classifier, train, val, test, seed),
-        "fast_recipe": classifier_time_to_accuracy(fast, train, val, test, seed, checks_per_epoch=10),
-        "tuomaso": tuomaso_time_to_accuracy(raw_dir, seed),
-        "examples": examples_time_to_accuracy(raw_dir, seed, max_epochs=EXAMPLES_EPOCHS),
-    }  # fmt: skip
-    results: dict[str, Any] = {"threads": torch.get_num_threads()}
-    for name, result in classifier.items():
-        for target in TARGETS:
-            results[f"{name}_seconds_to_{target}"] = result[f"seconds_to_{target}"]
-    results["fast_vs_examples_ratio"] = _ratio(results, "fast_recipe", "examples")
-    results["fast_vs_tuomaso_ratio"] = _ratio(results, "fast_recipe", "tuomaso")
-    results["default_vs_examples_ratio"] = _ratio(results, "default", "examples")
-    curves = {name: result["curve"] for name, result in classifier.items()}
-    classifier_path = Path("models/classifier.pt")
-    if classifier_path.is_file():
-        model, architecture, _ = load_classifier(classifier_path)
-        digits = params.digits
-        real = train.of_digits(digits).images
-        judge = FrechetJudge(model, real, test.of_digits(digits).images)
-        ours = gan_time_to_frechet(params, real, judge, architecture)
-        ours_s = ours["seconds_to_frechet_2"]
-        limit = 3 * (ours_s if ours_s is not None else ours["curve"][-1]["seconds"])
-        theirs = pytorch_gan_time_to_frechet(real, judge, seed, max_seconds=limit)
-        results["gan_seconds_to_frechet_2"] = ours_s
-        results["gan_seconds_to_90_decent"] = ours["seconds_to_90_decent"]
-        results["pytorch_gan_seconds_to_frechet_2"] = theirs["seconds_to_frechet_2"]
-        results["pytorch_gan_max_seconds"] = limit
-        results["gan_vs_pytorch_gan_ratio"] = _ratio(
-            results, "gan", "pytorch_gan", "seconds_to_frechet_2"
+RUNS = 3  # interleaved runs of each recipe of a comparison, after one warm-up of each
+
+
+def side_by_side(
+    ours: Callable[[], dict[str, Any]],
+    theirs: Callable[[dict[str, Any]], dict[str, Any]],
+    key: str,
+    warm_up: Callable[[], None],
+    runs: int = RUNS,
+) -> dict[str, Any]:
+    """One comparison on a noisy machine: `warm_up()` (a short run of each: first calls pay
+    for kernels, threads and memory), then `runs` runs of each, interleaved ours, theirs, ours,
+    … (`theirs` gets the result of the ours before it), so a slow spell hits both. Each run's
+    `key` (seconds to the target; None: not reached), the ratios ours / theirs, their median
+    and range (where theirs never got there, the bound ours / theirs' whole time instead), and
+    the curves of the last pair."""
+    warm_up()
+    pairs = []
+    for _ in range(runs):
+        mine = ours()
+        pairs.append((mine, theirs(mine)))
+    ratios, bounds = [], []
+    for a, b in pairs:
+        if a[key] is not None and b[key] is not None:
+            ratios.append(a[key] / b[key])
+        elif a[key] is not None and b["curve"]:
+            bounds.append(a[key] / b["curve"][-1]["seconds"])
+    median = statistics.median(ratios) if len(ratios) == runs else None
+    return {
+        "ours_seconds": [a[key] for a, _ in pairs],
+        "theirs_seconds": [b[key] for _, b in pairs],
+        "ratios": ratios,
+        "median_ratio": median,
+        "ratio_range": [min(ratios), max(ratios)] if median is not None else None,
+        "ratio_bounds": bounds,
+        "curves": {"ours": pairs[-1][0]["curve"], "theirs": pairs[-1][1]["curve"]},
+    }
+
+
+def classifier_comparisons(
+    params: Params, splits: dict[str, Split], raw_dir: Path, runs: int
+) -> dict[str, Any]:
+    """The fast recipe against tuomaso's, the default against pytorch/examples': seconds of
+    training to 99.0% test accuracy (the one-epoch recipes judged every tenth of an epoch)."""
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    seed, target = params.seed, {"99": TARGETS["99"]}
+    fast, default = recipe_params(params, FAST_RECIPE).classifier, params.classifier
+    tiny = Split(train.images[:2560], train.labels[:2560])
+
+    def warm_up() -> None:
+        classifier_time_to_accuracy(fast, tiny, val, test, seed, target, checks_per_epoch=2)
+        tuomaso_time_to_accuracy(raw_dir, seed, target, checks=2, n_train=2560)
+
+    def warm_up_default() -> None:
+        one_epoch = default.model_copy(update={"epochs": 1})
+        classifier_time_to_accuracy(one_epoch, tiny, val, test, seed, target)
+        examples_time_to_accuracy(raw_dir, seed, target, max_epochs=1, n_train=2560)
+
+    def fast_run() -> dict[str, Any]:
+        return classifier_time_to_accuracy(
+            fast, train, val, test, seed, target, checks_per_epoch=10
         )
-        curves |= {"gan": ours["curve"], "pytorch_gan": theirs["curve"]}
+
+    def default_run() -> dict[str, Any]:
+        return classifier_time_to_accuracy(default, train, val, test, seed, target)
+
+    def tuomaso_run(_: dict[str, Any]) -> dict[str, Any]:
+        return tuomaso_time_to_accuracy(raw_dir, seed, target)
+
+    def examples_run(_: dict[str, Any]) -> dict[str, Any]:
+        return examples_time_to_accuracy(raw_dir, seed, target, max_epochs=EXAMPLES_EPOCHS)
+
+    return {
+        "fast_vs_tuomaso": side_by_side(fast_run, tuomaso_run, "seconds_to_99", warm_up, runs),
+        "default_vs_examples": side_by_side(
+            default_run, examples_run, "seconds_to_99", warm_up_default, runs
+        ),
+    }
+
+
+def gan_comparison(params: Params, splits: dict[str, Split], runs: int) -> dict[str, Any] | None:
+    """The default GAN against PyTorch-GAN's vanilla GAN: seconds of training until the Fréchet
+    ratio drops below 2, judged by the pipeline's classifier (models/classifier.pt); theirs
+    stops after 3× the time ours took. None before `make repro` made the classifier."""
+    classifier_path = Path("models/classifier.pt")
+    if not classifier_path.is_file():
+        return None
+    model, architecture, _ = load_classifier(classifier_path)
+    real = splits["train"].of_digits(params.digits).images
+    judge = FrechetJudge(model, real, splits["test"].of_digits(params.digits).images)
+    short = params.model_copy(update={"gan": params.gan.model_copy(update={"epochs": 1})})
+
+    def ours() -> dict[str, Any]:
+        return gan_time_to_frechet(params, real, judge, architecture)
+
+    def theirs(mine: dict[str, Any]) -> dict[str, Any]:
+        took = mine["seconds_to_frechet_2"] or mine["curve"][-1]["seconds"]
+        return pytorch_gan_time_to_frechet(real, judge, params.seed, max_seconds=3 * took)
+
+    def warm_up() -> None:
+        gan_time_to_frechet(short, real, judge, architecture, n_samples=200)
+        pytorch_gan_time_to_frechet(real, judge, params.seed, max_seconds=1, n_samples=200)
+
+    return side_by_side(ours, theirs, "seconds_to_frechet_2", warm_up, runs)
+
+
+def run(
+    params: Params, prepared: Path, raw_dir: Path, revisit: tuple[str, Any] | None, runs: int = RUNS
+) -> dict:
+    """Every benchmark, in one process; returns the figures."""
+    splits = {name: load_split(prepared, name) for name in ("train", "val", "test")}
+    results: dict[str, Any] = {"runs": runs, "hardware": device_info(CPU)}
+    results |= classifier_comparisons(params, splits, raw_dir, runs)
+    gan = gan_comparison(params, splits, runs)
+    if gan is not None:
+        results["gan_vs_pytorch_gan"] = gan
     results["noop_repro_s"] = noop_repro_seconds(Path.cwd())
     if revisit is not None:
         results["revisit"] = revisit_seconds(Path.cwd(), *revisit)
-    return {**results, "curves": curves}
-
-
-def _ratio(results: dict, ours: str, theirs: str, key: str = "seconds_to_99") -> float | None:
-    a, b = results[f"{ours}_{key}"], results[f"{theirs}_{key}"]
-    return a / b if a is not None and b is not None else None
+    return results
 
 
 def recipe_params(params: Params, overrides: dict[str, Any]) -> Params:
@@ -513,6 +600,7 @@ def recipe_params(params: Params, overrides: dict[str, Any]) -> Params:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    parser.add_argument("--runs", type=int, default=RUNS, help="interleaved runs of each recipe")
     parser.add_argument("--revisit", default="gan_eval.threshold=0.8",
                         help="KEY=VALUE to set and set back in a copy of the repo ('' skips)")  # fmt: skip
     args = parser.parse_args()
@@ -524,7 +612,7 @@ def main() -> None:
     if args.revisit:
         key, value = args.revisit.split("=", 1)
         revisit = (key, yaml.safe_load(value))
-    results = run(params, Path("data/prepared"), raw_dir, revisit)
+    results = run(params, Path("data/prepared"), raw_dir, revisit, args.runs)
     write_json(args.out, results)
     print(write_tables(results))
     print(f"figures: {args.out}")

@@ -133,12 +133,14 @@ class Judge:
     """evaluate_gan's metrics with the pipeline's classifier, for samples of requested digits."""
 
     def __init__(
-        self, classifier: nn.Module, architecture: ClassifierArchitecture, real: dict[str, Split]
-    ) -> None:
+        self, classifier: nn.Module, architecture: ClassifierArchitecture, real: dict[str, Split],
+        device: torch.device = CPU,
+    ) -> None:  # fmt: skip
         self.classifier, self.architecture, self.real = classifier, architecture, real
+        self.device = device
 
     def __call__(self, samples: torch.Tensor, requested: torch.Tensor) -> dict[str, Any]:
-        judged = judge(self.classifier, self.architecture, samples, self.real, CPU)
+        judged = judge(self.classifier, self.architecture, samples, self.real, self.device)
         headline, details = gan_quality(samples, requested, *judged, self.real, DIGITS, 0.9)
         quality = {**headline, **details}
         per_digit = {k: round(row["decent_rate"], 4) for k, row in quality["per_digit"].items()}

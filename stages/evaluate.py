@@ -32,7 +32,7 @@ def main() -> None:
     logged = {"digit": PARAMS.digit, "classifier": architecture.model_dump()}
     logged["n_parameters"] = checkpoint["n_parameters"]
     with stage_run("evaluate", PARAMS, logged, data_context="testing") as run:
-        probs = predict_probabilities(model, architecture, test.images, pick_device())
+        probs = predict_probabilities(model, architecture, test.images, pick_device(PARAMS.device))
         metrics, details, confusion, table = classifier_report(test.labels, probs, PARAMS.digits)
         write_json(REPORTS / "metrics.json", metrics)
         write_json(REPORTS / "details.json", details)

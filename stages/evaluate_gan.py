@@ -51,7 +51,7 @@ def main() -> None:
     requested = requested_digits(cfg.num_samples, digits) if PARAMS.gan.conditional else None
     logged = {"gan_eval": cfg.model_dump(), "digit": PARAMS.digit}
     with stage_run("evaluate_gan", PARAMS, logged, data_context="evaluation") as run:
-        device = pick_device()
+        device = pick_device(PARAMS.device)
         samples = generate(generator, cfg.num_samples, PARAMS.seed, device, requested)
         judged = judge(classifier, architecture, samples, real, device)
         metrics, details = gan_quality(samples, requested, *judged, real, digits, cfg.threshold)

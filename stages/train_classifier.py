@@ -11,7 +11,7 @@ import torch
 
 from digitlab.checkpoints import save_checkpoint
 from digitlab.data import load_split
-from digitlab.device import pick_device
+from digitlab.device import device_info, pick_device
 from digitlab.files import write_text
 from digitlab.models import build_classifier, n_parameters
 from digitlab.params import input_shape
@@ -46,15 +46,19 @@ def main() -> None:
     with stage_run("train_classifier", PARAMS, logged, "training", system_metrics=True) as run:
         torch.manual_seed(PARAMS.seed)
         model = build_classifier(cfg.architecture(), input_shape(dataset))
-        device, size = pick_device(), n_parameters(model)
-        run.log_params({"n_parameters": size})
-        print(f"train_classifier: {cfg.arch}, {size:,} parameters, {cfg.loss} loss, on {device}")
+        device, size = pick_device(PARAMS.device), n_parameters(model)
+        hardware = device_info(device)
+        run.log_params({"n_parameters": size, "hardware": hardware})
+        print(
+            f"train_classifier: {cfg.arch}, {size:,} parameters, {cfg.loss} loss, on {hardware['name']}"
+        )
         result = fit_classifier(
             model, train, val, cfg, PARAMS.seed, device, on_epoch=lambda row: log_epoch(run, row)
         )
         model.load_state_dict(result.state_dict)
         history = pd.DataFrame(result.history)
         extra = {"dataset": dataset, "best_epoch": result.best_epoch, "n_parameters": size}
+        extra["hardware"] = hardware
         save_checkpoint(MODEL, "classifier", cfg.architecture(), model, **extra)
         write_text(REPORTS / "history.csv", history.to_csv(index=False))
         title = f"{cfg.arch} ({size:,} parameters), best epoch {result.best_epoch}"

@@ -10,7 +10,7 @@ import pandas as pd
 
 from digitlab.checkpoints import save_gan
 from digitlab.data import load_split
-from digitlab.device import pick_device
+from digitlab.device import device_info, pick_device
 from digitlab.files import write_text
 from digitlab.gan import fit_gan
 from digitlab.params import check_gan_params
@@ -38,16 +38,23 @@ def main() -> None:
     logged = {"gan": cfg.model_dump(), "gan.generator.layers": cfg.generator_config().hidden}
     logged |= {"digit": digit, "seed": PARAMS.seed, "n_real_images": len(real)}
     with stage_run("train_gan", PARAMS, logged, "training", system_metrics=True) as run:
-        device = pick_device()
+        device = pick_device(PARAMS.device)
+        hardware = device_info(device)
+        run.log_params({"hardware": hardware})
         print(
-            f"train_gan: {len(real):,} images of digit {digit}, {cfg.schedule} schedule, on {device}"
+            f"train_gan: {len(real):,} images of digit {digit}, {cfg.schedule} schedule, on {hardware['name']}"
         )
         result = fit_gan(
             cfg, real.images, PARAMS.seed, device, real.labels, lambda row: log_row(run, row)
         )
         history = pd.DataFrame(result.history)
         steps = int(history["step"].iloc[-1])
-        extra = {"digit": digit, "dataset": PARAMS.data.dataset, "steps": steps}
+        extra = {
+            "digit": digit,
+            "dataset": PARAMS.data.dataset,
+            "steps": steps,
+            "hardware": hardware,
+        }
         save_gan(cfg, result.generator, result.discriminator, Path("models"), **extra)
         write_text(REPORTS / "history.csv", history.to_csv(index=False))
         gan_curves(history, REPORTS / "losses.png")

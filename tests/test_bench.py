@@ -23,6 +23,7 @@ from benchmarks.bench import (
     gan_time_to_frechet,
     pytorch_gan_time_to_frechet,
     recipe_params,
+    side_by_side,
     tuomaso_time_to_accuracy,
 )
 from benchmarks.cgan import (
@@ -124,30 +125,56 @@ def test_gan_time_to_frechet_judges_both_gans_the_same_way(prepared: tuple[Path,
     assert theirs["seconds_to_frechet_2"] is None
 
 
+def comparison(ours: list, theirs: list, ratios: list, curve: list | None = None) -> dict:
+    return {"ours_seconds": ours, "theirs_seconds": theirs, "ratios": ratios,
+            "median_ratio": sorted(ratios)[1] if len(ratios) == 3 else None,
+            "ratio_range": [min(ratios), max(ratios)] if len(ratios) == 3 else None,
+            "ratio_bounds": [30 / 90] if len(ratios) < 3 else [],
+            "curves": {"ours": [{"seconds": 12.0, "test_acc": 0.9912}], "theirs": curve or []}}  # fmt: skip
+
+
 RESULTS = {
-    "default_seconds_to_99": 40.0, "default_seconds_to_995": 90.0,
-    "fast_recipe_seconds_to_99": 10.0, "fast_recipe_seconds_to_995": None,
-    "tuomaso_seconds_to_99": 20.0, "tuomaso_seconds_to_995": None,
-    "examples_seconds_to_99": 200.0, "examples_seconds_to_995": None,
-    "fast_vs_tuomaso_ratio": 0.5, "fast_vs_examples_ratio": 0.05, "default_vs_examples_ratio": 0.2,
-    "gan_seconds_to_frechet_2": 30.0, "gan_seconds_to_90_decent": 3.0,
-    "pytorch_gan_seconds_to_frechet_2": None, "gan_vs_pytorch_gan_ratio": None,
-    "pytorch_gan_max_seconds": 90.0,
+    "runs": 3,
+    "fast_vs_tuomaso": comparison([10.0, 11.0, 9.0], [20.0, 20.0, 20.0], [0.5, 0.55, 0.45]),
+    "default_vs_examples": comparison([40.0, 44.0, 42.0], [200.0, 220.0, 210.0], [0.2, 0.2, 0.2]),
+    "gan_vs_pytorch_gan": comparison([30.0, 31.0, 29.0], [None, None, None], [],
+                                     [{"seconds": 80.0, "frechet_ratio": 3.25},
+                                      {"seconds": 90.0, "frechet_ratio": 2.5}]),
     "revisit": {"key": "digit", "value": 7, "away_s": 150.0, "back_s": 4.5, "away_ran": ["train_gan"],
                 "back_ran": []},
     "noop_repro_s": 0.8,
-    "curves": {"fast_recipe": [{"seconds": 12.0, "test_acc": 0.9912}],
-               "pytorch_gan": [{"seconds": 80.0, "frechet_ratio": 3.25},
-                               {"seconds": 90.0, "frechet_ratio": 2.5}]},
 }  # fmt: skip
+
+
+def test_side_by_side_interleaves_after_a_warm_up_and_takes_the_median() -> None:
+    calls: list[str] = []
+    times = iter([3.0, 1.0, 2.0] * 2)
+
+    def ours() -> dict:
+        calls.append("ours")
+        return {"t": next(times), "curve": []}
+
+    def theirs(mine: dict) -> dict:
+        calls.append(f"theirs after {mine['t']}")
+        return {"t": 4.0, "curve": [{"seconds": 4.0}]}
+
+    result = side_by_side(ours, theirs, "t", lambda: calls.append("warm-up"), runs=3)
+    assert calls == ["warm-up", "ours", "theirs after 3.0", "ours", "theirs after 1.0", "ours",
+                     "theirs after 2.0"]  # fmt: skip
+    assert result["ratios"] == [0.75, 0.25, 0.5] and result["median_ratio"] == 0.5
+    assert result["ratio_range"] == [0.25, 0.75] and result["ratio_bounds"] == []
+    never = side_by_side(
+        ours, lambda _: {"t": None, "curve": [{"seconds": 8.0}]}, "t", lambda: None
+    )
+    assert never["median_ratio"] is None and never["ratio_bounds"] == [3 / 8, 1 / 8, 2 / 8]
 
 
 def test_tables_are_written_between_the_markers(tmp_path: Path) -> None:
     table = render(RESULTS)
-    assert "| 99.0% test accuracy | 40.0 s | 10.0 s | 20.0 s | 200.0 s |" in table
-    assert "| 99.5% test accuracy | 90.0 s | not reached in 12 s (best 99.12%) |" in table
-    assert "fast recipe ÷ tuomaso: 0.50×; fast recipe ÷ pytorch/examples: 0.05×" in table
-    assert "| 30.0 s | not reached in 90 s (best 2.50) | < 0.33× |" in table
+    assert ("| 99.0% test accuracy: digitlab fast recipe vs tuomaso recipe | 10.0 / 11.0 / 9.0 s "
+            "| 20.0 / 20.0 / 20.0 s | 0.50× (0.45–0.55×) |") in table  # fmt: skip
+    assert "| 40.0 / 44.0 / 42.0 s | 200.0 / 220.0 / 210.0 s | 0.20× (0.20–0.20×) |" in table
+    assert "| none reached; the last in 90 s (best 2.50) | < 0.33× |" in table
     assert "`digit` set to 7 and back (ran no stage) | 4.5 s (150.0 s going there) |" in table
     page = tmp_path / "page.md"
     page.write_text(f"intro\n{START}\nold\n{END}\nafter\n")

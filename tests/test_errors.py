@@ -165,3 +165,22 @@ def test_a_stage_failing_under_dvc_removes_what_it_wrote_of_its_outputs(tmp_path
     ]  # fmt: skip
     alone = run_script(LATE_FAILURE, cwd=tmp_path / "reports")  # no DVC: nothing is removed
     assert alone.returncode == 1 and (tmp_path / "reports/models/net.pt").is_file()
+
+
+NONDETERMINISTIC = """
+    import torch
+    from digitlab.stopping import run_main
+
+    def main():
+        torch.use_deterministic_algorithms(True)  # what device: cuda sets
+        torch.zeros(4).put_(torch.tensor([0, 1]), torch.ones(2))  # no deterministic kernel
+
+    run_main(main)
+"""
+
+
+def test_an_operation_with_no_deterministic_kernel_is_one_line_naming_the_key() -> None:
+    done = run_script(NONDETERMINISTIC)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("digitlab: error: device: put_ has no deterministic kernel")
+    assert done.stderr.endswith("; set device: cpu\n") and done.stderr.count("\n") == 1

@@ -43,6 +43,7 @@ EDITS = {
     "classifier.arch": ("cnn", {"train_classifier", "evaluate", "evaluate_gan", "report"}),
     "gan.batch_size": (32, {"train_gan", "report"}),
     "gan_eval.threshold": (0.5, {"evaluate_gan", "report"}),
+    "device": ("cpu", {"train_classifier", "evaluate", "train_gan", "evaluate_gan", "report"}),
 }
 
 

@@ -20,8 +20,9 @@ from digitlab.errors import DigitlabError
 from digitlab.gan import (
     GANDiverged,
     Step,
+    WarmupEMA,
     collapse_check,
-    ema_with_warmup,
+    ema_weight,
     fit_gan,
     schedule,
     to_generator_range,
@@ -165,14 +166,20 @@ def test_all_digits_and_sigmoid_output(prepared: tuple[Path, dict]) -> None:
     assert images.shape == (50, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
 
 
+@pytest.mark.filterwarnings("ignore:the generator looks collapsed")  # 3 steps are too few
 def test_ema_warms_up_then_averages() -> None:
-    average = ema_with_warmup(0.999)
+    assert ema_weight(0.999, 0) == pytest.approx(0.9)  # 1 - min(0.999, 1/10)
+    assert ema_weight(0.999, 100_000) == pytest.approx(0.001)
+    average = WarmupEMA(0.999)  # counts its own updates: no read of a device tensor
     current = torch.ones(3)
-    averaged = average(torch.zeros(3), current, torch.tensor(0))  # decay min(0.999, 1/10)
-    assert torch.allclose(averaged, torch.full((3,), 0.9))
-    averaged = average(averaged, current, torch.tensor(100_000))  # decay 0.999
+    assert torch.allclose(average(torch.zeros(3), current, torch.tensor(7)), torch.full((3,), 0.9))
+    average.updates = 100_000
+    averaged = average(torch.full((3,), 0.9), current, torch.tensor(0))
     assert torch.allclose(averaged, torch.full((3,), 0.9 + 0.1 * 0.001))
     assert average(torch.tensor(3), torch.tensor(7), torch.tensor(5)).item() == 7
+    # in training, its count is AveragedModel's: the updates before this one
+    result = fit_gan(gan_params(epochs=1, snapshots=1), torch.rand(96, 1, 28, 28), 0, CPU)
+    assert result.history[-1]["step"] == 3
 
 
 def test_schedules_yield_the_labs_steps() -> None:

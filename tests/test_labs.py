@@ -18,7 +18,7 @@ from digitlab.labs import MAX_EXPERIMENTS, LabError, LabFile, expand, load_labs
 from digitlab.labs.queue import set_options
 from helpers import DVC_TIMEOUT, ROOT, alias_bomb, client, dvc, git
 
-LABS = {"lab4", "lab5", "lab6", "notebook", "tutorial"}
+LABS = {"lab4", "lab5", "lab6", "notebook", "seeds", "tutorial"}
 
 
 def test_every_lab_file_validates_and_names_its_experiments() -> None:

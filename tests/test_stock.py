@@ -11,7 +11,7 @@ import torch
 from digitlab.optim import make_optimizer
 from helpers import ROOT, repo_params
 
-PRIVATE = re.compile(r"torch\._|torch\.utils\._")
+PRIVATE = re.compile(r"torch\._(?!_)|torch\.utils\._")  # torch.__version__ is public
 STOCK = {"Linear", "Dropout", "Adam", "SGD", "Optimizer"}
 
 

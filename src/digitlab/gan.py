@@ -78,21 +78,30 @@ def train_generator(
     return loss.detach()
 
 
-def ema_with_warmup(
-    decay: float,
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Exponential moving average whose decay ramps up as min(decay, (1 + n) / (10 + n)) over
-    the n updates so far, so the average forgets the random initial weights within a few
-    hundred steps instead of thousands (a constant 0.999 still weighs them 75% after 290).
-    Integer buffers (BatchNorm's step counter) take the current value."""
+def ema_weight(decay: float, updates: int) -> float:
+    """How much the moving average moves towards G's current weights after `updates` earlier
+    updates: 1 - min(decay, (1 + n) / (10 + n)), so it forgets the random initial weights
+    within a few hundred steps instead of thousands (a constant 0.999 still weighs them 75%
+    after 290)."""
+    return 1 - min(decay, (1 + updates) / (10 + updates))
 
-    def average(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+
+class WarmupEMA:
+    """AveragedModel's avg_fn for an exponential moving average warming up as ema_weight();
+    it counts its updates itself (step()), as reading AveragedModel's count, a tensor on the
+    device, would make the host wait for the GPU at every parameter. Integer buffers
+    (BatchNorm's step counter) take the current value."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+
+    def __call__(
+        self, averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor
+    ) -> torch.Tensor:
         if not averaged.is_floating_point():
             return current
-        steps = int(n)
-        return averaged.lerp(current, 1 - min(decay, (1 + steps) / (10 + steps)))
-
-    return average
+        return averaged.lerp(current, ema_weight(self.decay, self.updates))
 
 
 @dataclass(frozen=True)
@@ -111,13 +120,13 @@ def schedule(settings: GANParams, n_real: int, rng: torch.Generator) -> Iterator
     batch = min(settings.batch_size, n_real)
     if settings.schedule == "epochs":
         for _ in range(settings.epochs):
-            order = torch.randperm(n_real, generator=rng)
+            order = torch.randperm(n_real, generator=rng, device=rng.device)
             for i in range(n_real // batch):
                 yield Step(order[i * batch : (i + 1) * batch], train_g=True)
     else:
         for _ in range(settings.rounds):
             for _ in range(settings.d_steps):
-                yield Step(torch.randint(n_real, (batch,), generator=rng), train_g=False)
+                yield Step(torch.randint(n_real, (batch,), generator=rng, device=rng.device), False)
             for _ in range(settings.g_steps):
                 yield Step(None, train_g=True)
 
@@ -151,6 +160,7 @@ class Networks:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     ema: AveragedModel | None
+    ema_fn: WarmupEMA | None = None
 
     @classmethod
     def build(cls, settings: GANParams, device: torch.device) -> Networks:
@@ -158,10 +168,17 @@ class Networks:
         D = build_discriminator(settings.discriminator_config()).to(device)
         opt_g = make_optimizer(settings.optimizer_g, G.parameters())
         opt_d = make_optimizer(settings.optimizer_d, D.parameters())
-        ema = None
+        ema, ema_fn = None, None
         if settings.ema > 0:
-            ema = AveragedModel(G, avg_fn=ema_with_warmup(settings.ema), use_buffers=True)
-        return cls(G, D, opt_g, opt_d, ema)
+            ema_fn = WarmupEMA(settings.ema)
+            ema = AveragedModel(G, avg_fn=ema_fn, use_buffers=True)
+        return cls(G, D, opt_g, opt_d, ema, ema_fn)
+
+    def update_ema(self) -> None:
+        """The moving average takes in G's weights after a G step."""
+        if self.ema is not None and self.ema_fn is not None:
+            self.ema.update_parameters(self.G)
+            self.ema_fn.updates += 1
 
     @property
     def saved(self) -> Generator:
@@ -237,7 +254,7 @@ class _Run:
         real_digits = labels.to(device) if settings.conditional and labels is not None else None
         present = real_digits.unique() if real_digits is not None else None
         torch.manual_seed(seed)
-        rng = torch.Generator().manual_seed(seed)
+        rng = torch.Generator(device=device).manual_seed(seed)  # batches drawn on the device
         nets = Networks.build(settings, device)
         real = to_generator_range(images, settings.generator.output).to(device)
         fixed = sample_latent(FIXED_NOISE, settings.latent_size, settings.latent, rng, device)
@@ -272,7 +289,9 @@ class _Run:
         z = sample_latent(batch, s.latent_size, s.latent, self.rng, self.real.device)
         digits = None
         if self.present is not None:
-            pick = torch.randint(len(self.present), (batch,), generator=self.rng)
+            pick = torch.randint(
+                len(self.present), (batch,), generator=self.rng, device=self.rng.device
+            )
             digits = self.present[pick.to(self.real.device)]
         with torch.set_grad_enabled(with_graph):
             return self.nets.G(z, digits), digits
@@ -321,8 +340,7 @@ def fit_gan(
         g_step += 1
         log.g.append((g_step, train_generator(nets.D, nets.opt_g, fake, fake_digits)))
         progress.update()
-        if nets.ema is not None:
-            nets.ema.update_parameters(nets.G)
+        nets.update_ema()
 
         # (3) Fixed-noise snapshots, and a history row at each log point
         if g_step in run.snapshot_at:

@@ -76,10 +76,12 @@ def judge(
 def sample_latent(
     n: int, size: int, kind: str, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    """n latent vectors: standard normal, or uniform in [-1, 1]."""
+    """n latent vectors: standard normal, or uniform in [-1, 1]; drawn where `generator` lives
+    (the device itself, in training: no copy per step), then on `device`."""
+    where = generator.device
     if kind == "normal":
-        return torch.randn(n, size, generator=generator).to(device)
-    return (torch.rand(n, size, generator=generator) * 2 - 1).to(device)
+        return torch.randn(n, size, generator=generator, device=where).to(device)
+    return (torch.rand(n, size, generator=generator, device=where) * 2 - 1).to(device)
 
 
 def to_unit_range(images: torch.Tensor, output: str) -> torch.Tensor:

@@ -102,6 +102,16 @@ def _sizes(params: Params) -> list[tuple[str, str, int, str, int, int]]:
     ]
 
 
+def check_device(params: Params, source: str = "params.yaml") -> None:
+    """Refuse `device: cuda` where torch sees no CUDA device, naming what torch is."""
+    if params.device == "cuda" and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ParamsError(
+            f"{source}: device = 'cuda' is not allowed: torch {torch.__version__} ({build}) sees "
+            "no CUDA device here; set device: auto (the CPU here) or cpu"
+        )
+
+
 def check_networks(params: Params, memory: int | None = None, source: str = "params.yaml") -> None:
     """Refuse, before any work, a network no registry names, or one or a batch that cannot be
     trained in `memory` bytes (this machine's): half of it for the networks (TRAIN_COPIES

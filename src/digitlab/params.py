@@ -236,6 +236,7 @@ class GANEvalParams(_Section):
 class Params(_Section):
     seed: int = Field(ge=0, le=2**32 - 1)
     digit: Annotated[Digit, BeforeValidator(_check_digit)]
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     data: DataParams
     classifier: ClassifierParams
     gan: GANParams
@@ -361,13 +362,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def stage_params() -> Params:
     """params.yaml for a stage script, read before anything else it imports (MLflow takes
-    seconds to import): a bad value, an unknown network or one too big for this machine ends
-    the stage at once, with one line and exit 1."""
-    from digitlab.memory import check_networks  # it builds the networks: torch, models.py
+    seconds to import): a bad value, a device this machine lacks, an unknown network or one too
+    big for this machine ends the stage at once, with one line and exit 1."""
+    from digitlab.memory import check_device, check_networks  # torch, models.py
     from digitlab.stopping import restore_hint
 
     try:
         params = load_params()
+        check_device(params)
         check_networks(params)
         return params
     except ParamsError as exc:

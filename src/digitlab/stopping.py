@@ -4,6 +4,7 @@ exceptions, a watch on the dvc process that started it, and what a failed stage 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,13 @@ def _restore_orphaned() -> str:
     return "; its last good outputs are restored" if done.returncode == 0 else restore_hint()
 
 
+def nondeterministic_operation(exc: RuntimeError) -> str | None:
+    """The operation torch refused to run under deterministic algorithms (device: cuda sets
+    them), or None for any other RuntimeError."""
+    match = re.search(r"(\S+) does not have a deterministic implementation", str(exc))
+    return match.group(1) if match else None
+
+
 def _fail(line: str, status: int, remove: bool = True) -> None:
     if remove:
         remove_unsaved_outputs()
@@ -149,8 +157,9 @@ def _fail(line: str, status: int, remove: bool = True) -> None:
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a DigitlabError, or an OSError (the file and the reason), becomes
-    one line on stderr and exit status 1, and under DVC the outputs it wrote are removed.
+    """Run a stage's main(); a DigitlabError, an OSError (the file and the reason) or an
+    operation with no deterministic kernel on a CUDA device becomes one line on stderr and exit
+    status 1, and under DVC the outputs it wrote are removed.
 
     Ctrl-C (SIGINT), SIGTERM and SIGHUP (its terminal closed) stop the stage the same way: the
     exception unwinds through the stage (its MLflow run ends FAILED, temporary outputs are
@@ -170,6 +179,12 @@ def run_main(main: Callable[[], None]) -> None:
         _fail(f"{exc}{restore_hint()}", 1)
     except OSError as exc:
         _fail(f"{os_error_line(exc)}{restore_hint()}", 1)
+    except RuntimeError as exc:
+        operation = nondeterministic_operation(exc)
+        if operation is None:
+            raise
+        why = f"{operation} has no deterministic kernel on this device, so two runs would differ"
+        _fail(f"device: {why}; set device: cpu{restore_hint()}", 1)
     except (KeyboardInterrupt, Terminated) as exc:
         signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum)
         if ORPHANED.is_set():

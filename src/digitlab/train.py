@@ -57,11 +57,14 @@ def random_affine(
     and moved (±augment.shift pixels in x and in y) about its centre, by one affine resampling
     (bilinear, zeros outside: background)."""
     n, _, height, width = images.shape
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(augment.rotate)
-    zoom = 1 + (torch.rand(n, generator=generator) * 2 - 1) * augment.scale
+    where = generator.device
+    angle = (torch.rand(n, generator=generator, device=where) * 2 - 1) * math.radians(
+        augment.rotate
+    )
+    zoom = 1 + (torch.rand(n, generator=generator, device=where) * 2 - 1) * augment.scale
     # affine_grid's coordinates run from -1 to 1 across the image: one pixel is 2 / size
-    move = (torch.rand(n, 2, generator=generator) * 2 - 1) * augment.shift
-    move = move * torch.tensor([2 / width, 2 / height])
+    move = (torch.rand(n, 2, generator=generator, device=where) * 2 - 1) * augment.shift
+    move = move * torch.tensor([2 / width, 2 / height], device=where)
     cos, sin = angle.cos() / zoom, angle.sin() / zoom
     theta = torch.stack(
         [torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1
@@ -119,8 +122,10 @@ class Optimization:
     generator: torch.Generator
 
     @classmethod
-    def build(cls, cfg: ClassifierParams, model: nn.Module, n: int, seed: int) -> Optimization:
-        generator = torch.Generator().manual_seed(seed)
+    def build(
+        cls, cfg: ClassifierParams, model: nn.Module, n: int, seed: int, device: torch.device
+    ) -> Optimization:
+        generator = torch.Generator(device=device).manual_seed(seed)  # drawn on the device
         batch = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
         optimizer = make_optimizer(cfg.optimizer, model.parameters())
         scheduler = make_scheduler(cfg, optimizer, cfg.epochs * math.ceil(n / batch))
@@ -145,7 +150,7 @@ def train_epoch(
     DataLoader), each augmented when cfg.augment is on; `on_step(step)` after each step."""
     images, labels = data
     model.train()
-    order = torch.randperm(len(labels), generator=opt.generator).to(images.device)
+    order = torch.randperm(len(labels), generator=opt.generator, device=opt.generator.device)
     epoch = Epoch([], [], [])
     for step, idx in enumerate(order.split(opt.batch), 1):
         x, y = images.index_select(0, idx), labels.index_select(0, idx)  # 3× faster than [idx]
@@ -199,7 +204,7 @@ def fit_classifier(
     """
     channels_last(model.to(device))
     data = train.images.to(device), train.labels.to(device)  # moved once; batches cut there
-    opt = Optimization.build(cfg, model, len(train), seed)
+    opt = Optimization.build(cfg, model, len(train), seed, device)
     result = TrainResult({}, 0, [])
     for epoch in tqdm(
         range(1, cfg.epochs + 1), desc="train_classifier", unit="epoch", disable=None
