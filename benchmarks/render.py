@@ -71,14 +71,14 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines).strip()
 
 
-def update(path: Path, table: str) -> None:
+def update(path: Path, table: str, start: str = START, end: str = END) -> None:
     """Replace what stands between the markers in `path` with `table`."""
     text = path.read_text()
-    block = f"{START}\n{table}\n{END}"
-    new, count = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text,
+    block = f"{start}\n{table}\n{end}"
+    new, count = re.subn(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text,
                          flags=re.S)  # fmt: skip
     if count != 1:
-        raise SystemExit(f"{path}: expected one {START} … {END} block, found {count}")
+        raise SystemExit(f"{path}: expected one {start} … {end} block, found {count}")
     path.write_text(new)
 
 

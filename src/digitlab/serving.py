@@ -33,15 +33,21 @@ class DigitFirstGenerator(nn.Module):
 class InputGuard(nn.Module):
     """`model` for inputs of shape (N, *shape) with finite values only; with `digit_column`
     (a conditional generator behind models.DigitFirstGenerator) column 0 must hold digits
-    0-9."""
+    0-9. `config` is the network's architecture, kept so that a reader of the registered
+    model (the playground) can use it as digitlab does."""
 
     def __init__(
-        self, model: nn.Module, shape: tuple[int, ...], digit_column: bool = False
+        self,
+        model: nn.Module,
+        shape: tuple[int, ...],
+        digit_column: bool = False,
+        config: dict | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.shape = tuple(shape)
         self.digit_column = digit_column
+        self.config = dict(config or {})
 
     def problem(self, x: torch.Tensor) -> str | None:
         """What is wrong with an input batch, or None."""
