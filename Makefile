@@ -7,7 +7,7 @@ LOCK := requirements.lock
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup lock repro labs lab test test-fast bench bench-cgan lint ui system-deps fashion-mnist clean
+.PHONY: setup lock repro labs lab test test-fast bench bench-cgan lint ui play system-deps fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -92,6 +92,12 @@ UI_PORT ?= 5000
 ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# The playground over the registered models (after `make repro`), on this machine only:
+# http://127.0.0.1:$(PLAY_PORT) (python -m digitlab.play --host 0.0.0.0 to share it)
+PLAY_PORT ?= 8000
+play: setup
+	$(BIN)/python -m digitlab.play --port $(PLAY_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -69,7 +69,8 @@ def main() -> None:
         }
         run.log_metrics({"best": best, "train/seconds": history["seconds"].sum()})
         tags = {"dataset": dataset, "arch": cfg.arch}
-        run.log_model(model, CLASSIFIER, val.images[:5], f"latest-{dataset}", tags)
+        config = cfg.architecture().model_dump()
+        run.log_model(model, CLASSIFIER, val.images[:5], f"latest-{dataset}", tags, config=config)
         run.log_artifacts([REPORTS / "history.csv", REPORTS / "curves.png"], "classifier")
         print(f"train_classifier: best epoch {result.best_epoch}, val acc {best['val_acc']:.4f}")
 

@@ -240,7 +240,19 @@ def test_a_lab_runs_through_the_queue_into_exp_show_mlflow_and_its_table(
         assert "/#/experiments/" in row  # a link to its pipeline run
     assert "Best: tiny-classes (accuracy" in table
     assert "| `lab6-mnist-ce-sgd` | not run |" in table  # every lab's table, run or not
-    assert (path / "reports" / "labs.html").read_text().count("<tr><td><code>tiny-") == 2
+    page = (path / "reports" / "labs.html").read_text()
+    assert page.count("<tr><td><code>tiny-") == 2
+    # each row shows its confusion heatmap, from its evaluate run's MLflow artifacts
+    assert page.count("<img src='data:image/png;base64,") == 2
+    assert "alt='tiny-classes: confusion heatmap'" in page
+    # a figure of a stage the experiment did not run (restored, or before its lab's targets) is
+    # the DVC output its commit holds: here the baseline's sample grid
+    (rev,) = [exp["revs"][0]["rev"] for baseline in shown for exp in baseline.get("experiments") or []
+              if exp["name"] == "tiny-classes"]  # fmt: skip
+    script = f"from digitlab.labs.tables import figure_png; import sys; sys.stdout.buffer.write(figure_png('gan', 'tiny-classes', {rev!r}))"
+    grid = subprocess.run([sys.executable, "-c", script], cwd=path, env=env, capture_output=True,
+                          timeout=120)  # fmt: skip
+    assert grid.stdout == (path / "reports" / "gan" / "samples.png").read_bytes(), grid.stderr
 
     # the GAN judge refuses a regression classifier with one line, before any work
     raw = yaml.safe_load((path / "params.yaml").read_text())

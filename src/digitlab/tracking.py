@@ -328,6 +328,7 @@ class StageRun:
         alias: str,
         tags: Mapping[str, str],
         digit_column: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         """Log `model` with mlflow.pytorch behind an InputGuard (non-finite or wrongly shaped
         input refused in one message), its signature and input example taken from `example`
@@ -343,7 +344,7 @@ class StageRun:
 
         # weights in the default (NCHW) layout: the saved archive expects contiguous tensors
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-        guarded = InputGuard(model, tuple(example.shape[1:]), digit_column)
+        guarded = InputGuard(model, tuple(example.shape[1:]), digit_column, dict(config or {}))
         example = example.cpu()
         with torch.inference_mode():
             output = guarded(example)
@@ -373,6 +374,7 @@ class StageRun:
         from digitlab.serving import DigitFirstGenerator
 
         cfg, dataset = params.gan, params.data.dataset
+        config = generator.config.model_dump(mode="json")
         rng = torch.Generator().manual_seed(params.seed)
         example = sample_latent(5, cfg.latent_size, cfg.latent, rng, torch.device("cpu"))
         if cfg.conditional:
@@ -381,7 +383,7 @@ class StageRun:
         kind = "conditional" if cfg.conditional else "unconditional"
         tags = {"dataset": dataset, "digit": str(params.digit), "kind": kind}
         alias = f"latest-{dataset}-{params.digit}"
-        self.log_model(generator, name, example, alias, tags, digit_column=cfg.conditional)
+        self.log_model(generator, name, example, alias, tags, cfg.conditional, config)
 
 
 def register_models(client: Any, stage: StageRun) -> None:

@@ -1,11 +1,15 @@
 """Each lab's answer: a table of its experiments' headline figures (from `dvc exp show`), the
-best one, links to their MLflow pipeline runs: reports/labs.md and reports/labs.html."""
+best one, links to their MLflow pipeline runs: reports/labs.md and reports/labs.html (which
+also shows each experiment's confusion heatmap and GAN sample grid)."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,15 @@ from digitlab.labs.queue import dvc
 REPORT = Path("reports/labs.md")
 HTML_REPORT = Path("reports/labs.html")
 METRICS_FILES = {"classifier": "reports/classifier/metrics.json", "gan": "reports/gan/metrics.json"}
+# What labs.html shows of an experiment whose lab reports classifier/ or gan/ figures: the stage
+# that drew it, its MLflow artifact, and the DVC output it is (where that stage was restored
+# from the run-cache in this experiment, so it has no run of its own).
+FIGURES = {
+    "classifier": ("confusion heatmap", "evaluate", "classifier/figures/confusion.png",
+                   "reports/classifier/figures/confusion.png"),
+    "gan": ("sample grid", "evaluate_gan", "gan_eval/samples.png", "reports/gan/samples.png"),
+}  # fmt: skip
+THUMBNAIL = 220  # pixels: the longer side of an embedded figure
 
 
 def experiment_data(names: set[str]) -> dict[str, dict[str, Any]]:
@@ -31,7 +44,7 @@ def experiment_data(names: set[str]) -> dict[str, dict[str, Any]]:
             revs = exp.get("revs") or []
             if name not in names or not revs or not revs[0].get("data"):
                 continue
-            data = {**revs[0]["data"], "baseline": baseline.get("rev", "")}
+            data = {**revs[0]["data"], "baseline": baseline.get("rev", ""), "rev": revs[0]["rev"]}
             if name not in found or (data.get("timestamp") or "") > (
                 found[name].get("timestamp") or ""
             ):
@@ -65,28 +78,92 @@ def heading(column: str) -> str:
     return column.split("/", 1)[1]
 
 
-def pipeline_runs(names: list[str]) -> dict[str, str]:
-    """{experiment name: the URL of its MLflow pipeline run} from the project's store."""
+def _store() -> tuple[Any, str, str | None]:
+    """(client, tracking URI, experiment id or None) of the project's MLflow store."""
     import mlflow
 
-    from digitlab.report import run_url
-    from digitlab.tracking import EXPERIMENT, KIND_TAG, PIPELINE_TAG, tracking_uri
+    from digitlab.tracking import EXPERIMENT, tracking_uri
 
     uri = tracking_uri()
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
+    return client, uri, experiment.experiment_id if experiment else None
+
+
+def _latest_run(client: Any, experiment_id: str, name: str, query: str) -> Any:
+    from digitlab.tracking import PIPELINE_TAG
+
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = 'exp:{name}' and {query}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def pipeline_runs(names: list[str]) -> dict[str, str]:
+    """{experiment name: the URL of its MLflow pipeline run} from the project's store."""
+    from digitlab.report import run_url
+    from digitlab.tracking import KIND_TAG
+
+    client, uri, experiment_id = _store()
+    if experiment_id is None:
         return {}
     out = {}
     for name in names:
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{PIPELINE_TAG}` = 'exp:{name}' and tags.`{KIND_TAG}` = 'pipeline'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if runs:
-            out[name] = run_url(uri, experiment.experiment_id, runs[0].info.run_id)
+        run = _latest_run(client, experiment_id, name, f"tags.`{KIND_TAG}` = 'pipeline'")
+        if run is not None:
+            out[name] = run_url(uri, experiment_id, run.info.run_id)
+    return out
+
+
+def figure_png(kind: str, name: str, rev: str) -> bytes | None:
+    """An experiment's figure (FIGURES[kind]): the artifact of its stage's MLflow run, else the
+    DVC output its commit `rev` holds; None where it has neither."""
+    import dvc.api
+    from mlflow.exceptions import MlflowException
+
+    _, stage, artifact, output = FIGURES[kind]
+    client, _, experiment_id = _store()
+    query = f"tags.`dvc.stage` = '{stage}' and attributes.status = 'FINISHED'"
+    run = _latest_run(client, experiment_id, name, query) if experiment_id else None
+    if run is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return Path(client.download_artifacts(run.info.run_id, artifact, tmp)).read_bytes()
+            except (MlflowException, OSError):
+                pass
+    try:
+        return dvc.api.read(output, rev=rev, mode="rb")
+    except Exception:  # not among the experiment's outputs (its lab stopped before that stage)
+        return None
+
+
+def thumbnail(png: bytes) -> str:
+    """A PNG shrunk to THUMBNAIL pixels on its longer side, as a data: URI."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def experiment_figures(
+    lab: Lab, data: dict[str, dict[str, Any]]
+) -> dict[str, list[tuple[str, str]]]:
+    """{experiment: [(what it shows, data: URI)]}: the confusion heatmap where the lab reports
+    classifier figures, the sample grid where it reports the GAN's."""
+    kinds = [k for k in FIGURES if any(c.startswith(f"{k}/") for c in lab.spec.columns)]
+    out: dict[str, list[tuple[str, str]]] = {}
+    for setup in lab.setups:
+        exp = data.get(setup.name)
+        if exp is None:
+            continue
+        pngs = [(FIGURES[k][0], figure_png(k, setup.name, exp["rev"])) for k in kinds]
+        out[setup.name] = [(what, thumbnail(png)) for what, png in pngs if png is not None]
     return out
 
 
@@ -104,6 +181,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]  # experiment, figures…, run URL, commit, params
     best: str
+    images: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # html_page's
 
 
 def dataset(setup: Setup, params_raw: dict[str, Any]) -> str:
@@ -163,12 +241,17 @@ def markdown(tables: list[Table]) -> str:
     return "\n".join(lines)
 
 
+def image_tag(name: str, what: str, uri: str) -> str:
+    label = html.escape(f"{name}: {what}")
+    return f"<img src='{uri}' alt='{label}' title='{label}'>"
+
+
 def html_page(tables: list[Table]) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><meta charset='utf-8'><title>digitlab: the labs</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}</style>",
+        "td,th{border:1px solid #ccc;padding:3px 8px}img{margin:2px;vertical-align:middle}</style>",
         f"<h1>The labs, one command each</h1><p>{esc(INTRO)}</p>",
     ]
     for t in tables:
@@ -176,7 +259,7 @@ def html_page(tables: list[Table]) -> str:
         parts.append(
             f"<h2>{esc(spec.title)}</h2><p>{esc(spec.question.strip())}</p>"
             f"<p>Best: {esc(t.best)}</p><table><tr>"
-            + "".join(f"<th>{esc(h)}</th>" for h in t.header)
+            + "".join(f"<th>{esc(h)}</th>" for h in [*t.header, *["figures"][: bool(t.images)]])
             + "</tr>"
         )
         for name, *figures, url, commit, params in t.rows:
@@ -188,6 +271,9 @@ def html_page(tables: list[Table]) -> str:
                 esc(commit or "–"),
                 esc(params),
             ]
+            if t.images:
+                shown = t.images.get(name, [])
+                cells.append("".join(image_tag(name, *figure) for figure in shown) or "–")
             parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
     return "\n".join(parts)
@@ -208,6 +294,8 @@ def write_report(labs: list[Lab]) -> str:
     data = experiment_data(set(names))
     runs = pipeline_runs([n for n in names if n in data])
     tables = [lab_table(lab, data, runs) for lab in labs]
+    for table in tables:
+        table.images = experiment_figures(table.lab, data)
     text = markdown(tables)
     write_text(REPORT, text)
     write_text(HTML_REPORT, html_page(tables))
