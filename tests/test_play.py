@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -34,13 +36,13 @@ from helpers import (
 
 pytestmark = pytest.mark.slow  # a classifier and a conditional GAN trained and registered
 
-# The fast recipe's classifier (one epoch) and the conditional all-digit GAN of
+# The fast recipe's classifier (two epochs) and the conditional all-digit GAN of
 # docs/experiments.md, trained for 2 epochs instead of 10.
 PLAY = {
     "classifier.arch": "fastcnn", "classifier.optimizer.name": "adam",
     "classifier.optimizer.lr": 0.01, "classifier.optimizer.betas": [0.7, 0.9],
     "classifier.scheduler": "onecycle", "classifier.augment.shift": 0,
-    "classifier.augment.rotate": 0, "classifier.augment.scale": 0, "classifier.epochs": 1,
+    "classifier.augment.rotate": 0, "classifier.augment.scale": 0, "classifier.epochs": 2,
     "classifier.batch_size": 128,
     "digit": "all", "gan.conditional": True, "gan.batch_size": 128,
     "gan.optimizer_d.lr": 0.0004, "gan.optimizer_g.lr": 0.0004, "gan.epochs": 2,
@@ -329,3 +331,25 @@ def test_samples_of_a_chosen_digit_are_judged_as_it(page: Any, play: Any) -> Non
     assert page.get_attribute("#walk-frame img", "src") != first
     assert page.is_hidden("#error")
     assert all(url.startswith(play[0]) or url.startswith("data:") for url in page.asked), page.asked
+
+
+def test_a_taken_port_or_a_bad_one_is_one_line_before_any_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [str(BIN / "python"), "-m", "digitlab.play", "--port", str(port)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 1 and run.stderr == (
+        f"digitlab: error: 127.0.0.1:{port} cannot be served (Address already in use): "
+        f"choose another port (make play PLAY_PORT={port + 1}, or --port)\n"
+    )
+    run = subprocess.run(
+        [str(BIN / "python"), "-m", "digitlab.play"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=60, env={**os.environ, "PLAY_PORT": "80000"},
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr.endswith(
+        "error: argument --port: '80000' is not a port (1-65535)\n"
+    )

@@ -376,3 +376,43 @@ def test_a_third_clone_pulls_shows_and_applies_an_experiment_without_training(
 
     for command, text in team.outputs.items():  # for the README (pytest -s)
         print(f"\n{command}\n{text.rstrip()}")
+
+
+RACERS = 8
+# One run of a stage logging data/prepared (a digest no run logged before), started at `at`.
+LOG_DATASET = """
+import sys, time
+import mlflow
+from digitlab.tracking import log_prepared_data
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+with mlflow.start_run(experiment_id=sys.argv[1]):
+    log_prepared_data("mnist", "training")
+"""
+
+
+def test_runs_logging_one_new_dataset_at_once_all_record_it(server: Server, tmp_path: Path) -> None:
+    """Several stages that log the same new dataset at the same moment (two clones' queues do)
+    all succeed: MLflow's SQL store refuses all but one insert of the dataset's key."""
+    server.wait()
+    digest = hashlib.md5(str(tmp_path).encode()).hexdigest()
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {"stages": {"prepare": {"outs": [{"path": "data/prepared", "md5": digest}]}}}
+        )
+    )
+    import mlflow
+
+    client = mlflow.MlflowClient(server.uri)
+    experiment = client.create_experiment(f"datasets-{digest}")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    at = str(time.time() + 25)  # after every process has imported MLflow
+    runs = [
+        subprocess.Popen([str(BIN / "python"), "-c", LOG_DATASET, experiment, at], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(RACERS)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0] * RACERS, "\n".join(outputs)
+    logged = client.search_runs([experiment])
+    assert len(logged) == RACERS, "\n".join(outputs)
+    assert all([d.dataset.digest for d in run.inputs.dataset_inputs] == [digest] for run in logged)

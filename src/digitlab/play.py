@@ -14,6 +14,7 @@ import base64
 import io
 import math
 import os
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,17 +105,18 @@ def versions(client: Any, name: str) -> list[Version]:
 
     try:
         found = client.search_model_versions(f"name = '{name}'")
+        aliases = client.get_registered_model(name).aliases if found else {}
     except MlflowException:
         return []
     listed = []
     for v in sorted(found, key=lambda v: -int(v.version)):
+        named = [alias for alias, number in aliases.items() if int(number) == int(v.version)]
         try:
             run = client.get_run(v.run_id)
             params, metrics = dict(run.data.params), dict(run.data.metrics)
         except MlflowException:  # the run is gone: the version still is
             params, metrics = {}, {}
-        listed.append(Version(name, int(v.version), list(v.aliases), dict(v.tags), v.run_id,
-                              params, metrics))  # fmt: skip
+        listed.append(Version(name, int(v.version), named, dict(v.tags), v.run_id, params, metrics))
     return listed
 
 
@@ -122,8 +124,11 @@ def unwrap(guard: nn.Module, kind: str, version: int) -> tuple[nn.Module, dict[s
     """The network behind a registered model's guard, and the config it was logged with."""
     config = getattr(guard, "config", None)
     if not isinstance(config, dict):
-        raise PlayError(409, f"{kind} version {version} was registered before the playground "
-                             "could read its settings: register a new one (`dvc repro -f train_classifier`)")  # fmt: skip
+        raise PlayError(
+            409,
+            f"{kind} version {version} was registered before the playground "
+            "could read its settings: register a new one (`dvc repro -f train_classifier`)",
+        )
     network = guard.model
     return (network.generator if hasattr(network, "generator") else network), config
 
@@ -167,8 +172,9 @@ class Models:
         key = (version.name, version.version)
         if key not in self._cache:
             try:
-                guard = mlflow.pytorch.load_model(f"models:/{version.name}/{version.version}",
-                                                  map_location="cpu")  # fmt: skip
+                guard = mlflow.pytorch.load_model(
+                    f"models:/{version.name}/{version.version}", map_location="cpu"
+                )
             except Exception as exc:  # a version logged in another format, or damaged
                 reason = (
                     str(exc).strip().splitlines()[-1][:200]
@@ -215,8 +221,11 @@ class Models:
         if self.loaded.G is None:
             self.select(GENERATOR, None)
         if self.loaded.G is None:
-            raise PlayError(503, "no generator is registered yet: run `make repro`, or for every digit "
-                                 "on demand the conditional line of docs/experiments.md")  # fmt: skip
+            raise PlayError(
+                503,
+                "no generator is registered yet: run `make repro`, or for every digit "
+                "on demand the conditional line of docs/experiments.md",
+            )
         return self.loaded.G
 
 
@@ -227,8 +236,14 @@ def classify(models: Models, images: torch.Tensor) -> list[dict[str, Any]]:
     """The classifier's ten probabilities, its answer and confidence, for N×28×28 images."""
     network, architecture = models.classifier()
     probs = predict_probabilities(network, architecture, images[:, None], CPU)
-    return [{"probabilities": [round(p, 6) for p in row.tolist()], "answer": int(row.argmax()),
-             "confidence": round(float(row.max()), 6)} for row in probs]  # fmt: skip
+    return [
+        {
+            "probabilities": [round(p, 6) for p in row.tolist()],
+            "answer": int(row.argmax()),
+            "confidence": round(float(row.max()), 6),
+        }
+        for row in probs
+    ]
 
 
 def as_output(
@@ -256,8 +271,11 @@ def digits_for(G: nn.Module, digit: int | None, n: int) -> torch.Tensor | None:
     """The digits a conditional generator is asked for: `digit`, or all ten in turn."""
     if not G.config.conditional:
         if digit is not None:
-            raise PlayError(400, "digit: this generator is unconditional (it makes only what it was "
-                                 "trained on): leave digit out, or choose a conditional version")  # fmt: skip
+            raise PlayError(
+                400,
+                "digit: this generator is unconditional (it makes only what it was "
+                "trained on): leave digit out, or choose a conditional version",
+            )
         return None
     return (
         torch.full((n,), digit)
@@ -266,8 +284,9 @@ def digits_for(G: nn.Module, digit: int | None, n: int) -> torch.Tensor | None:
     )
 
 
-def generate_answer(models: Models, images: torch.Tensor, asked: torch.Tensor | None, fmt: str,
-                    trained_for: str) -> dict[str, Any]:  # fmt: skip
+def generate_answer(
+    models: Models, images: torch.Tensor, asked: torch.Tensor | None, fmt: str, trained_for: str
+) -> dict[str, Any]:
     """Samples with the classifier's answers, and the share it judges decent as evaluate_gan
     does (probability ≥ 0.9 of the digit asked for, else of the digit it was trained on)."""
     network, architecture = models.classifier()
@@ -286,6 +305,26 @@ def trained_digit(models: Models) -> str:
     return version.tags.get("digit", "all") if version else "all"
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 1–65535 (argparse names the option when it is not)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def refuse_taken_port(host: str, port: int) -> None:
+    """Stop in one line, before any model loads, when another program holds host:port."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(
+                f"digitlab: error: {host}:{port} cannot be served ({exc.strerror}): "
+                f"choose another port (make play PLAY_PORT={port + 1}, or --port)"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m digitlab.play", description=__doc__.split("\n\n")[0]
@@ -293,8 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="127.0.0.1: this machine only (default)"
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PLAY_PORT", "8000")))
+    parser.add_argument(
+        "--port", type=port_number, default=os.environ.get("PLAY_PORT", "8000"), help="8000"
+    )
     args = parser.parse_args(argv)
+    refuse_taken_port(args.host, args.port)
     import uvicorn
 
     from digitlab.playapi import create_app

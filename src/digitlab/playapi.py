@@ -120,16 +120,35 @@ def _version(v: Any) -> dict[str, Any]:
     return shown
 
 
-def create_app(tracking_uri: str | None = None, params_path: Path = Path("params.yaml")) -> FastAPI:
-    """The playground over the MLflow store `tracking_uri` (the project's), its defaults the
-    `latest-*` aliases of `params_path`'s dataset and digit."""
-    from digitlab.params import load_params
-    from digitlab.tracking import tracking_uri as project_uri
+def listing_of(models: Models) -> dict[str, Any]:
+    """Every registered version, and the ones in use (None: none registered yet); a network
+    not loaded yet is loaded from its default alias first."""
+    listed = models.listing()
+    for name, kind in ((CLASSIFIER, "classifier"), (GENERATOR, "generator")):
+        if getattr(models.loaded, kind) is None and listed[name]:
+            with contextlib.suppress(PlayError):  # the page shows why, when it is used
+                models.select(name, None)
+    return {
+        "classifier": {
+            "versions": [_version(v) for v in listed[CLASSIFIER]],
+            "current": models.loaded.classifier.version if models.loaded.classifier else None,
+            "hint": None
+            if listed[CLASSIFIER]
+            else "no classifier is registered yet: run `make repro`",
+        },
+        "generator": {
+            "versions": [_version(v) for v in listed[GENERATOR]],
+            "current": models.loaded.generator.version if models.loaded.generator else None,
+            "conditional": bool(models.loaded.G is not None and models.loaded.G.config.conditional),
+            "hint": None
+            if listed[GENERATOR]
+            else "no generator is registered yet: run `make repro`",
+        },
+    }
 
-    params = load_params(params_path)
-    models = Models(tracking_uri or project_uri(), params.data.dataset, params.digit)
-    app = FastAPI(title="digitlab playground", docs_url="/api/docs", redoc_url=None)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+def _guard(app: FastAPI) -> None:
+    """Bodies over MAX_BODY get a 413, invalid requests and refusals a 4xx with one line."""
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
@@ -153,6 +172,11 @@ def create_app(tracking_uri: str | None = None, params_path: Path = Path("params
     async def refused(request: Request, exc: PlayError) -> JSONResponse:
         return _error(exc.status, str(exc))
 
+
+def _serve_models(app: FastAPI, models: Models) -> None:
+    """The page, and the registered versions: listed, and chosen."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "play.html")
@@ -160,20 +184,7 @@ def create_app(tracking_uri: str | None = None, params_path: Path = Path("params
     @app.get("/api/models")
     def listing() -> dict[str, Any]:
         """Every registered version, and the ones in use (None: none registered yet)."""
-        listed = models.listing()
-        for name, kind in ((CLASSIFIER, "classifier"), (GENERATOR, "generator")):
-            if getattr(models.loaded, kind) is None and listed[name]:
-                with contextlib.suppress(PlayError):  # the page shows why, when it is used
-                    models.select(name, None)
-        return {
-            "classifier": {"versions": [_version(v) for v in listed[CLASSIFIER]],
-                           "current": models.loaded.classifier.version if models.loaded.classifier else None,
-                           "hint": None if listed[CLASSIFIER] else "no classifier is registered yet: run `make repro`"},
-            "generator": {"versions": [_version(v) for v in listed[GENERATOR]],
-                          "current": models.loaded.generator.version if models.loaded.generator else None,
-                          "conditional": bool(models.loaded.G is not None and models.loaded.G.config.conditional),
-                          "hint": None if listed[GENERATOR] else "no generator is registered yet: run `make repro`"},
-        }  # fmt: skip
+        return listing_of(models)
 
     @app.post("/api/models")
     def select(request: SelectRequest) -> dict[str, Any]:
@@ -182,7 +193,11 @@ def create_app(tracking_uri: str | None = None, params_path: Path = Path("params
             models.select(CLASSIFIER, request.classifier)
         if request.generator is not None:
             models.select(GENERATOR, request.generator)
-        return listing()
+        return listing_of(models)
+
+
+def _serve_networks(app: FastAPI, models: Models) -> None:
+    """The classifier's answers, and the generator's samples with the classifier's answers."""
 
     @app.post("/api/classify")
     def classify_one(request: ClassifyRequest) -> dict[str, Any]:
@@ -212,13 +227,27 @@ def create_app(tracking_uri: str | None = None, params_path: Path = Path("params
 
     @app.post("/api/walk")
     def walk(request: WalkRequest) -> dict[str, Any]:
-        """`steps` images on the straight line from one seed's noise vector to another's."""
+        """`steps` images on the straight line from one seed's noise vector to another's
+        (a conditional generator keeps `digit`, 0 unless given)."""
         G = models.generator()
         a, b = (latents(G, 1, seed) for seed in request.seeds)
         t = torch.linspace(0, 1, request.steps)[:, None]
-        asked = digits_for(G, request.digit if request.digit is not None else 0 if G.config.conditional else None,
-                           request.steps)  # fmt: skip
+        digit = request.digit if request.digit is not None or not G.config.conditional else 0
+        asked = digits_for(G, digit, request.steps)
         images = sample_images(G, a + t * (b - a), asked)
         return generate_answer(models, images, asked, request.format, trained_digit(models))
 
+
+def create_app(tracking_uri: str | None = None, params_path: Path = Path("params.yaml")) -> FastAPI:
+    """The playground over the MLflow store `tracking_uri` (the project's), its defaults the
+    `latest-*` aliases of `params_path`'s dataset and digit."""
+    from digitlab.params import load_params
+    from digitlab.tracking import tracking_uri as project_uri
+
+    params = load_params(params_path)
+    models = Models(tracking_uri or project_uri(), params.data.dataset, params.digit)
+    app = FastAPI(title="digitlab playground", docs_url="/api/docs", redoc_url=None)
+    _guard(app)
+    _serve_models(app, models)
+    _serve_networks(app, models)
     return app

@@ -32,6 +32,7 @@ WORKSPACE = "workspace"  # the dvc.exp tag of runs that no DVC experiment starte
 # MLflow 3 opens an experiment in its GenAI view unless this tag says it trains models
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PREPARED = Path("data/prepared")
+DATASET_ATTEMPTS = 4  # log_input tries: see log_prepared_data
 
 
 def repo_root() -> Path:
@@ -253,7 +254,16 @@ def log_prepared_data(dataset: str, context: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(PREPARED.resolve()))
     data = MetaDataset(source, name=f"{dataset}-prepared", digest=dvc_hash(PREPARED))
-    mlflow.log_input(data, context=context)
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            mlflow.log_input(data, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            # Two runs logging a new dataset at once: the server's insert of the second fails
+            # on the unique key (a race in MLflow's SQL store); the dataset now exists.
+            if attempt == DATASET_ATTEMPTS - 1 or "unique constraint" not in str(exc).lower():
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 # What a logged model needs to load: digitlab.models imports torch, pydantic and pyyaml.

@@ -179,8 +179,13 @@ async function loadModels(select) {
       `<option value="${v.version}"${v.version === models[kind].current ? " selected" : ""}>version ${v.version}`
       + `${v.aliases.length ? " (@" + v.aliases.join(", @") + ")" : ""}</option>`).join("");
   }
-  const current = (kind) => models[kind].versions.find((v) => v.version === models[kind].current);
-  $("model-details").textContent = JSON.stringify({ classifier: current("classifier") || null, generator: current("generator") || null }, null, 1);
+  $("model-details").textContent = ["classifier", "generator"].map((kind) => {
+    const v = models[kind].versions.find((v) => v.version === models[kind].current);
+    if (!v) return `${kind}: none registered`;
+    const pairs = (o) => Object.entries(o).map(([k, x]) => `${k}=${x}`).join(", ");
+    return `${kind} version ${v.version}: run ${v.run_id.slice(0, 8)} (commit ${(v.tags["git.commit"] || "?").slice(0, 7)}, `
+      + `${v.tags["dvc.exp"] || "?"})\n  params: ${pairs(v.params)}\n  metrics: ${pairs(v.metrics)}`;
+  }).join("\n");
   const digit = $("digit");
   digit.disabled = !models.generator.conditional;
   $("ten").disabled = !models.generator.conditional;
@@ -216,7 +221,7 @@ $("make").addEventListener("click", async () => {
     const answer = await api("/api/generate", { digit, count: Number($("count").value), seed: Number($("seed").value) });
     figures($("samples"), answer, digit);
     $("decent").textContent = `${(answer.decent_share * 100).toFixed(0)}% judged decent (the classifier gives `
-      + `${digit === null ? "the digit" : digit} a probability of at least 0.9)`;
+      + `${digit === null ? "the digit the generator was trained on" : digit} a probability of at least 0.9)`;
   } catch (error) { showError(error); }
 });
 
