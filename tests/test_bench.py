@@ -34,6 +34,7 @@ from benchmarks.cgan import (
     cgan_samples,
     train_cgan,
 )
+from benchmarks.gpu import GPU_END, GPU_START
 from benchmarks.render import END, START, render, update
 from digitlab.data import Split, load_split
 from digitlab.errors import DigitlabError
@@ -183,6 +184,17 @@ def test_tables_are_written_between_the_markers(tmp_path: Path) -> None:
     page.write_text("no markers")
     with pytest.raises(SystemExit, match="expected one"):
         update(page, table)
+
+
+def test_the_performance_page_holds_one_block_for_each_check(tmp_path: Path) -> None:
+    """`make bench` and the GPU check each rewrite their block of docs/performance.md, after
+    minutes of work: a page without its markers would fail them at the very end."""
+    page = tmp_path / "performance.md"
+    text = (Path(__file__).parents[1] / "docs" / "performance.md").read_text()
+    for start, end in ((START, END), (GPU_START, GPU_END)):
+        page.write_text(text)
+        update(page, "new figures", start, end)
+        assert f"{start}\nnew figures\n{end}" in page.read_text()
 
 
 def test_pytorch_gan_cgan_recipe_trains_and_both_are_judged_alike(

@@ -183,6 +183,12 @@ def test_bodies_over_the_limit_and_not_json_are_refused(play: Any) -> None:
     assert call(base, "/api/classify", raw=padded) == (
         413, {"error": f"the body may hold at most {MAX_BODY:,} bytes"}
     )  # fmt: skip
+    form = urllib.request.Request(base + "/api/classify", data=b'{"image": []}')  # curl -d
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(form, timeout=60)
+    assert (refused.value.code, json.loads(refused.value.read())) == (
+        422, {"error": "the body must be sent as JSON (header Content-Type: application/json)"}
+    )  # fmt: skip
     assert call(base, "/api/classify", raw=b"{not json") == (
         422, {"error": "the body is not valid JSON"}
     )  # fmt: skip

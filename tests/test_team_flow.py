@@ -379,20 +379,26 @@ def test_a_third_clone_pulls_shows_and_applies_an_experiment_without_training(
 
 
 RACERS = 8
-# One run of a stage logging data/prepared (a digest no run logged before), started at `at`.
+# One run of a stage logging data/prepared (a digest no run logged before) and moving a new
+# alias of model argv[3] to version 1, as a stage's registration does: each at its own moment.
 LOG_DATASET = """
 import sys, time
 import mlflow
-from digitlab.tracking import log_prepared_data
+from digitlab.tracking import despite_a_race, log_prepared_data
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 with mlflow.start_run(experiment_id=sys.argv[1]):
     log_prepared_data("mnist", "training")
+time.sleep(max(0.0, float(sys.argv[2]) + 10 - time.time()))
+despite_a_race(mlflow.MlflowClient().set_registered_model_alias, sys.argv[3], "latest-mnist", 1)
 """
 
 
-def test_runs_logging_one_new_dataset_at_once_all_record_it(server: Server, tmp_path: Path) -> None:
-    """Several stages that log the same new dataset at the same moment (two clones' queues do)
-    all succeed: MLflow's SQL store refuses all but one insert of the dataset's key."""
+def test_runs_writing_one_new_dataset_and_alias_at_once_all_succeed(
+    server: Server, tmp_path: Path
+) -> None:
+    """Several stages that log the same new dataset and move one new alias at the same moment
+    (two clones' queues do) all succeed: MLflow's SQL store refuses all but one insert of a
+    new key."""
     server.wait()
     digest = hashlib.md5(str(tmp_path).encode()).hexdigest()
     (tmp_path / "dvc.lock").write_text(
@@ -404,15 +410,20 @@ def test_runs_logging_one_new_dataset_at_once_all_record_it(server: Server, tmp_
 
     client = mlflow.MlflowClient(server.uri)
     experiment = client.create_experiment(f"datasets-{digest}")
+    model = client.create_registered_model(f"raced-{digest}").name
+    registering = client.create_run(experiment).info.run_id
+    client.create_model_version(model, source=f"runs:/{registering}/model", run_id=registering)
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
     at = str(time.time() + 25)  # after every process has imported MLflow
     runs = [
-        subprocess.Popen([str(BIN / "python"), "-c", LOG_DATASET, experiment, at], cwd=tmp_path, env=env,
+        subprocess.Popen([str(BIN / "python"), "-c", LOG_DATASET, experiment, at, model], cwd=tmp_path, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(RACERS)
     ]  # fmt: skip
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert [run.returncode for run in runs] == [0] * RACERS, "\n".join(outputs)
     logged = client.search_runs([experiment])
+    logged = [run for run in logged if run.info.run_id != registering]
     assert len(logged) == RACERS, "\n".join(outputs)
     assert all([d.dataset.digest for d in run.inputs.dataset_inputs] == [digest] for run in logged)
+    assert client.get_registered_model(model).aliases == {"latest-mnist": "1"}

@@ -91,6 +91,8 @@ def one_line(exc: RequestValidationError) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "json_invalid":
         return "the body is not valid JSON"
+    if err["type"] == "model_attributes_type" and isinstance(err.get("input"), bytes):
+        return "the body must be sent as JSON (header Content-Type: application/json)"
     if err["type"] == "model_attributes_type":
         return "the body must be a JSON object"
     return f"{where}: {message}"[:300]

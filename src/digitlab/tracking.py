@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +32,7 @@ WORKSPACE = "workspace"  # the dvc.exp tag of runs that no DVC experiment starte
 # MLflow 3 opens an experiment in its GenAI view unless this tag says it trains models
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PREPARED = Path("data/prepared")
-DATASET_ATTEMPTS = 4  # log_input tries: see log_prepared_data
+RACE_ATTEMPTS = 4  # tries of one write to MLflow: see despite_a_race
 
 
 def repo_root() -> Path:
@@ -254,14 +254,21 @@ def log_prepared_data(dataset: str, context: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(PREPARED.resolve()))
     data = MetaDataset(source, name=f"{dataset}-prepared", digest=dvc_hash(PREPARED))
-    for attempt in range(DATASET_ATTEMPTS):
+    despite_a_race(mlflow.log_input, data, context=context)
+
+
+def despite_a_race(write: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """`write(*args, **kwargs)` to the MLflow server, tried again where another run inserted
+    the same new key at the same moment (a dataset, an alias: MLflow's SQL store checks, then
+    inserts, so the second insert fails on the unique key); by then the key exists."""
+    import mlflow
+
+    for attempt in range(RACE_ATTEMPTS):
         try:
-            mlflow.log_input(data, context=context)
+            write(*args, **kwargs)
             return
         except mlflow.exceptions.MlflowException as exc:
-            # Two runs logging a new dataset at once: the server's insert of the second fails
-            # on the unique key (a race in MLflow's SQL store); the dataset now exists.
-            if attempt == DATASET_ATTEMPTS - 1 or "unique constraint" not in str(exc).lower():
+            if attempt == RACE_ATTEMPTS - 1 or "unique constraint" not in str(exc).lower():
                 raise
             time.sleep(0.2 * (attempt + 1))
 
@@ -404,7 +411,7 @@ def register_models(client: Any, stage: StageRun) -> None:
         version = mlflow.register_model(
             model.model_uri, model.name, await_registration_for=30, tags=model.tags
         )
-        client.set_registered_model_alias(model.name, model.alias, version.version)
+        despite_a_race(client.set_registered_model_alias, model.name, model.alias, version.version)
         print(f"registered {model.name} version {version.version} (@{model.alias})")
 
 
