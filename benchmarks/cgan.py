@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from benchmarks.bench import recipe_params
+from benchmarks.recipes import recipe_params
 from digitlab.checkpoints import load_classifier
 from digitlab.data import Split, load_split
 from digitlab.files import write_json

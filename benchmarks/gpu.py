@@ -37,17 +37,15 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
 
-from benchmarks.bench import (  # noqa: E402
+from benchmarks.cgan import CONDITIONAL_RECIPE, Judge  # noqa: E402
+from benchmarks.races import FrechetJudge, Stopwatch, side_by_side  # noqa: E402
+from benchmarks.recipes import (  # noqa: E402
     FAST_RECIPE,
-    FrechetJudge,
-    Stopwatch,
     classifier_time_to_accuracy,
     gan_time_to_frechet,
     recipe_params,
-    side_by_side,
     tuomaso_time_to_accuracy,
 )
-from benchmarks.cgan import CONDITIONAL_RECIPE, Judge  # noqa: E402
 from benchmarks.render import update  # noqa: E402
 from digitlab.data import Split, load_split, prepare  # noqa: E402
 from digitlab.device import device_info, pick_device  # noqa: E402
@@ -56,7 +54,8 @@ from digitlab.gan import fit_gan  # noqa: E402
 from digitlab.inference import generate, predict_logits, requested_digits  # noqa: E402
 from digitlab.models import build_classifier  # noqa: E402
 from digitlab.params import Params, load_params  # noqa: E402
-from digitlab.raw import fetch_raw, read_verified, sources_for  # noqa: E402
+from digitlab.raw import fetch_raw, sources_for  # noqa: E402
+from digitlab.readers import read_verified  # noqa: E402
 from digitlab.train import fit_classifier  # noqa: E402
 
 DIGITS = list(range(10))

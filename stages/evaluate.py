@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: test-set metrics for the chosen digit, the confusion breakdown, figures."""
 
-from digitlab.params import stage_params
+from digitlab.checks import stage_params
 
 PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
 

@@ -1,6 +1,6 @@
 """DVC stage `evaluate_gan`: judge generated images with the trained classifier."""
 
-from digitlab.params import stage_params
+from digitlab.checks import stage_params
 
 PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
 

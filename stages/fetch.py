@@ -1,7 +1,7 @@
 """DVC stage `fetch`: the raw files of `data.dataset` (4 IDX files, CIFAR-10's 7 python-version
 batches), checksum-verified, in data/raw/<dataset>/."""
 
-from digitlab.params import stage_params
+from digitlab.checks import stage_params
 
 PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
 

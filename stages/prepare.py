@@ -1,6 +1,6 @@
 """DVC stage `prepare`: normalized train / val / test tensors, the data summary, an example grid."""
 
-from digitlab.params import stage_params
+from digitlab.checks import stage_params
 
 PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from digitlab.data import load_split, prepare
 from digitlab.files import write_json
 from digitlab.plots import class_rows, save_grid
-from digitlab.raw import read_verified
+from digitlab.readers import read_verified
 from digitlab.stopping import run_main
 from digitlab.tracking import stage_run
 

@@ -1,6 +1,6 @@
 """DVC stage `report`: reports/index.html, one self-contained page of the pipeline's results."""
 
-from digitlab.params import stage_params
+from digitlab.checks import stage_params
 
 PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
 
@@ -10,7 +10,8 @@ from pathlib import Path
 from digitlab.files import atomic_path, write_text
 from digitlab.report import build_report, latest_stage_runs, progress_gif
 from digitlab.stopping import run_main
-from digitlab.tracking import PIPELINE_TAG, experiment_name, stage_run
+from digitlab.store import PIPELINE_TAG, experiment_name
+from digitlab.tracking import stage_run
 
 GIF = Path("reports/gan/progress.gif")
 PAGE = Path("reports/index.html")

@@ -1,6 +1,6 @@
 """DVC stage `train_gan`: train a generator against a discriminator on the images of `digit`."""
 
-from digitlab.params import stage_params
+from digitlab.checks import stage_params
 
 PARAMS = stage_params()  # first: a bad params.yaml fails at once, before the slow imports
 

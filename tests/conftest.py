@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from digitlab.data import prepare
-from digitlab.raw import Source, _copy_from_dir, fetch_raw, read_verified, sources_for
+from digitlab.raw import Source, _copy_from_dir, fetch_raw, sources_for
+from digitlab.readers import read_verified
 from helpers import (
     ALL_STAGES,
     ROOT,

@@ -26,7 +26,7 @@ from digitlab.data import CLASS_NAMES
 from digitlab.errors import DigitlabError
 from digitlab.params import Params, parse_params
 from digitlab.raw import CIFAR_FILES, RAW_DIR_ENV
-from digitlab.tracking import KIND_TAG
+from digitlab.store import KIND_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,20 +12,6 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.bench import (
-    ExamplesNet,
-    FrechetJudge,
-    TuomasoNet,
-    VanillaDiscriminator,
-    VanillaGenerator,
-    classifier_time_to_accuracy,
-    examples_time_to_accuracy,
-    gan_time_to_frechet,
-    pytorch_gan_time_to_frechet,
-    recipe_params,
-    side_by_side,
-    tuomaso_time_to_accuracy,
-)
 from benchmarks.cgan import (
     CONDITIONAL_RECIPE,
     CganDiscriminator,
@@ -35,6 +21,19 @@ from benchmarks.cgan import (
     train_cgan,
 )
 from benchmarks.gpu import GPU_END, GPU_START
+from benchmarks.races import FrechetJudge, side_by_side
+from benchmarks.recipes import (
+    ExamplesNet,
+    TuomasoNet,
+    VanillaDiscriminator,
+    VanillaGenerator,
+    classifier_time_to_accuracy,
+    examples_time_to_accuracy,
+    gan_time_to_frechet,
+    pytorch_gan_time_to_frechet,
+    recipe_params,
+    tuomaso_time_to_accuracy,
+)
 from benchmarks.render import END, START, render, update
 from digitlab.data import Split, load_split
 from digitlab.errors import DigitlabError

@@ -17,7 +17,7 @@ from digitlab.inference import eval_batch, predict_logits
 from digitlab.metrics import breakdown, classifier_report, detector_metrics
 from digitlab.models import CLASSIFIERS, build_classifier, n_parameters
 from digitlab.params import AugmentParams, ClassifierParams, input_shape
-from digitlab.raw import read_raw
+from digitlab.readers import read_raw
 from digitlab.train import TrainingDiverged, classifier_loss, fit_classifier, random_affine
 from helpers import repo_params
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from digitlab.data import Split, load_split, normalize, split_stats, stratified_split
-from digitlab.raw import read_raw
+from digitlab.readers import read_raw
 
 
 def test_prepared_shapes_dtypes_ranges(prepared: tuple[Path, dict]) -> None:

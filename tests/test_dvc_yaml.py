@@ -15,7 +15,7 @@ import yaml
 from helpers import ALL_STAGES, ROOT
 
 # Modules that shape messages, refusals and MLflow records, never an output: not stage deps.
-NOT_DEPS = {"errors", "memory", "serving", "stopping", "tracking"}
+NOT_DEPS = {"errors", "memory", "serving", "stopping", "store", "tracking"}
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 

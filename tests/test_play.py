@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from digitlab.data import load_split
-from digitlab.play import MAX_BODY, prepare_drawing
+from digitlab.play.api import MAX_BODY
+from digitlab.play.drawing import prepare_drawing
 from helpers import (
     BIN,
     chromium,

@@ -34,11 +34,10 @@ from digitlab.raw import (
     _copy_cifar_from_dir,
     _from_torchvision,
     fetch_raw,
-    read_cifar_batch,
-    read_raw,
     sources_for,
     verify_raw,
 )
+from digitlab.readers import read_cifar_batch, read_raw
 from helpers import PER_BATCH, make_cifar, one_line_error, write_batch
 
 

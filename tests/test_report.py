@@ -235,7 +235,7 @@ def test_latest_stage_runs_finds_runs_and_their_experiment(
 ) -> None:
     import mlflow
 
-    from digitlab.tracking import EXPERIMENT, KIND_TAG, PIPELINE_TAG
+    from digitlab.store import EXPERIMENT, KIND_TAG, PIPELINE_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

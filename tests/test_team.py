@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from digitlab.tracking import KIND_TAG, PIPELINE_TAG
+from digitlab.store import KIND_TAG, PIPELINE_TAG
 from helpers import (
     BIN,
     ROOT,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digitlab.tracking import EXPERIMENT, KIND_TAG, PIPELINE_TAG
+from digitlab.store import EXPERIMENT, KIND_TAG, PIPELINE_TAG
 from helpers import (
     BIN,
     changed_stages,

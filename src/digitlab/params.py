@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import reprlib
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -358,20 +357,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     return parse_params(read_yaml(path, "the params file"), str(path))
-
-
-def stage_params() -> Params:
-    """params.yaml for a stage script, read before anything else it imports (MLflow takes
-    seconds to import): a bad value, a device this machine lacks, an unknown network or one too
-    big for this machine ends the stage at once, with one line and exit 1."""
-    from digitlab.memory import check_device, check_networks  # torch, models.py
-    from digitlab.stopping import restore_hint
-
-    try:
-        params = load_params()
-        check_device(params)
-        check_networks(params)
-        return params
-    except ParamsError as exc:
-        print(f"digitlab: error: {exc}{restore_hint()}", file=sys.stderr)
-        raise SystemExit(1) from None

@@ -134,7 +134,7 @@ def latest_stage_runs(pipeline: str | None = None, exp: str | None = None) -> Ml
     """
     import mlflow
 
-    from digitlab.tracking import EXPERIMENT, KIND_TAG, PIPELINE_TAG, WORKSPACE, tracking_uri
+    from digitlab.store import EXPERIMENT, KIND_TAG, PIPELINE_TAG, WORKSPACE, tracking_uri
 
     uri = tracking_uri()
     client = mlflow.MlflowClient(uri)

@@ -82,7 +82,7 @@ def _store() -> tuple[Any, str, str | None]:
     """(client, tracking URI, experiment id or None) of the project's MLflow store."""
     import mlflow
 
-    from digitlab.tracking import EXPERIMENT, tracking_uri
+    from digitlab.store import EXPERIMENT, tracking_uri
 
     uri = tracking_uri()
     client = mlflow.MlflowClient(uri)
@@ -91,7 +91,7 @@ def _store() -> tuple[Any, str, str | None]:
 
 
 def _latest_run(client: Any, experiment_id: str, name: str, query: str) -> Any:
-    from digitlab.tracking import PIPELINE_TAG
+    from digitlab.store import PIPELINE_TAG
 
     runs = client.search_runs(
         [experiment_id],
@@ -105,7 +105,7 @@ def _latest_run(client: Any, experiment_id: str, name: str, query: str) -> Any:
 def pipeline_runs(names: list[str]) -> dict[str, str]:
     """{experiment name: the URL of its MLflow pipeline run} from the project's store."""
     from digitlab.report import run_url
-    from digitlab.tracking import KIND_TAG
+    from digitlab.store import KIND_TAG
 
     client, uri, experiment_id = _store()
     if experiment_id is None:

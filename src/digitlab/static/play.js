@@ -1,8 +1,8 @@
 // digitlab playground: the drawing pad, the classifier's bars, the generator's samples.
-// Everything goes through the JSON API of digitlab.playapi; nothing is loaded from the network.
+// Everything goes through the JSON API of digitlab.play.api; nothing is loaded from the network.
 "use strict";
 
-const SIDE = 28, BOX = 20, INK = 0.05;  // as digitlab.play.prepare_drawing
+const SIDE = 28, BOX = 20, INK = 0.05;  // as digitlab.play.drawing.prepare_drawing
 const $ = (id) => document.getElementById(id);
 // What the browser tests read: the last image sent, how long the answer took.
 window.digitlab = { prepared: null, latencyMs: null, answers: 0 };

@@ -17,20 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from digitlab.inference import sample_images
-from digitlab.play import (
-    CLASSIFIER,
-    GENERATOR,
-    MAX_BODY,
-    SIDE,
-    STATIC,
-    Models,
-    PlayError,
-    classify,
-    digits_for,
-    generate_answer,
-    latents,
-    trained_digit,
-)
+from digitlab.play.answers import classify, digits_for, generate_answer, latents, trained_digit
+from digitlab.play.drawing import SIDE
+from digitlab.play.registry import CLASSIFIER, GENERATOR, Models, PlayError
+
+STATIC = Path(__file__).parents[1] / "static"
+MAX_BODY = 256 * 1024  # bytes a request may send: a 28×28 image as JSON is under 10 KB
 
 Digit = Annotated[int, Field(ge=0, le=9)]
 
@@ -244,7 +236,7 @@ def create_app(tracking_uri: str | None = None, params_path: Path = Path("params
     """The playground over the MLflow store `tracking_uri` (the project's), its defaults the
     `latest-*` aliases of `params_path`'s dataset and digit."""
     from digitlab.params import load_params
-    from digitlab.tracking import tracking_uri as project_uri
+    from digitlab.store import tracking_uri as project_uri
 
     params = load_params(params_path)
     models = Models(tracking_uri or project_uri(), params.data.dataset, params.digit)
