@@ -67,12 +67,13 @@ lab: setup fashion-mnist
 	$(BIN)/python -m digitlab.labs run $(LAB)
 
 # Everything (what CI runs); `make test-fast` skips the tests marked slow (end-to-end DVC runs).
-# Two test processes, each taking whole test files (module fixtures stay in one process).
+# TEST_WORKERS test processes, each taking whole test files (module fixtures stay in one).
+TEST_WORKERS ?= 2
 test: setup system-deps
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 # Time to an answer, side by side (after `make repro`): reports/bench.json, README and docs tables.
 bench: setup

@@ -4,6 +4,7 @@ test session (helpers.py holds the shared functions)."""
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,36 @@ from helpers import (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each test process and everything it starts (stages, queue workers)
+    takes its share of the cores, as `make labs` gives its queue workers: torch's threads in
+    several processes, each with a thread per core, wait on each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+# The modules that take longest, longest first: `make test` hands whole files to its
+# processes in collection order (--no-loadscope-reorder), so these start first and the quick
+# ones fill in at the end. test_play needs no tiny baseline: it runs while one is built.
+LONGEST_FIRST = ["test_play", "test_pipeline", "test_reliability", "test_team_flow", "test_team",
+                 "test_labs", "test_experiments", "test_classifier", "test_bench", "test_gan"]  # fmt: skip
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` run where torch sees a CUDA device, and are skipped, saying so,
-    elsewhere (CI has none)."""
+    """The longest modules first (LONGEST_FIRST), the others in their order. Tests marked `gpu`
+    run where torch sees a CUDA device, and are skipped, saying so, elsewhere (CI has none)."""
     import torch
 
+    def rank(item: pytest.Item) -> int:
+        name = item.path.stem
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module's tests keep their order
     if torch.cuda.is_available():
         return
     reason = f"no CUDA device: torch {torch.__version__} sees none here"

@@ -96,6 +96,33 @@ def queue_status(path: Path, env: dict[str, str]) -> dict[str, str]:
     return {row[1]: row[-1] for row in rows if row and re.fullmatch(r"[0-9a-f]{7}", row[0])}
 
 
+def finished(clone: Path) -> set[str]:
+    """The experiments with a commit in the clone (a queued one gets it when it succeeds)."""
+    refs = git(clone, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    return {ref.rsplit("/", 1)[1] for ref in refs}
+
+
+def wait_for_queue(
+    path: Path, env: dict[str, str], names: list[str], timeout: float = 900
+) -> dict[str, str]:
+    """Wait until no named experiment is queued or running; their `dvc queue status`. Cheap
+    Git look-ups often, `dvc queue status` (seconds of CPU) now and then, for a failed one."""
+    deadline, checked = time.monotonic() + timeout, time.monotonic()
+    while not set(names) <= finished(path):
+        assert time.monotonic() < deadline, f"not done after {timeout} s"
+        time.sleep(2)
+        if time.monotonic() - checked > 20:
+            checked = time.monotonic()
+            if "Failed" in {queue_status(path, env).get(n) for n in names}:
+                break
+    while (status := queue_status(path, env)) and {"Queued", "Running"} & {  # tidying up
+        status.get(n) for n in names
+    }:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    return status
+
+
 def test_queued_sweep_with_two_workers_lands_every_run_in_mlflow(
     tiny_repo: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -107,10 +134,7 @@ def test_queued_sweep_with_two_workers_lands_every_run_in_mlflow(
     assert len(names) == 2
     start = time.perf_counter()
     dvc(path, env, "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 900
-    while (status := queue_status(path, env)) and {"Queued", "Running"} & set(status.values()):
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    status = wait_for_queue(path, env, names)
     print(f"\nqueued sweep of 2 experiments, 2 workers: {time.perf_counter() - start:.0f} s")
     assert {name: status.get(name) for name in names} == dict.fromkeys(names, "Success")
 

@@ -32,7 +32,7 @@ from helpers import (
     wait_until_healthy,
 )
 from postgres import INSTALL, postgres, postgres_bin
-from test_team import SWEEP_STAGES, queue_status
+from test_team import SWEEP_STAGES, finished, queue_status
 
 # Clones where DVC, MLflow, PostgreSQL and a server really run. Skipped without PostgreSQL
 # before any fixture (the tiny baseline) is built. The first test's set-up runs both sweeps
@@ -146,12 +146,6 @@ def start_queue(clone: Path, env: dict[str, str], log: Path) -> None:
             cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=120,
         )  # fmt: skip
     assert result.returncode == 0, log.read_text()
-
-
-def finished(clone: Path) -> set[str]:
-    """The experiments with a commit in the clone (a queued one gets it when it succeeds)."""
-    refs = git(clone, "for-each-ref", "--format=%(refname)", "refs/exps").split()
-    return {ref.rsplit("/", 1)[1] for ref in refs}
 
 
 def queue_logs(clone: Path, env: dict[str, str], names: list[str]) -> str:

@@ -1,11 +1,15 @@
 """Will it fit? Before any work, every network params.yaml names is built from its registry on
 torch's meta device (shapes only, no memory), so an unknown name or a network or batch too big
-for this machine is refused in one line naming the key, exactly for every network."""
+for this machine is refused in one line naming the key, exactly for every network. A network
+whose weights are small is then built on the CPU, and its layer outputs counted on one image
+there (a meta forward pass first loads torch's decompositions, over a second per process); a
+bigger one is counted on the meta device."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,6 +27,7 @@ from digitlab.params import TRAIN_IMAGES, Params, ParamsError, input_shape, show
 FLOAT_BYTES = 4
 TRAIN_COPIES = 5  # weights, gradients, Adam's two moments, the GAN's moving average
 META = torch.device("meta")
+CPU_COUNT_LIMIT = 64 * 2**20  # weights up to this many bytes are counted on the CPU
 
 
 def machine_memory() -> int:
@@ -35,7 +40,7 @@ def machine_memory() -> int:
 
 def activations_per_image(model: nn.Module, *inputs: torch.Tensor | None) -> int:
     """Floats one image leaves behind in a forward pass: the input and every layer's output
-    (what backward keeps), counted on meta tensors of one image."""
+    (what backward keeps), counted on one image (meta tensors, or CPU ones for a CPU model)."""
     counted = [sum(x.numel() for x in inputs if x is not None and x.is_floating_point())]
 
     def count(module: nn.Module, args: object, output: torch.Tensor) -> None:
@@ -52,27 +57,42 @@ def activations_per_image(model: nn.Module, *inputs: torch.Tensor | None) -> int
     return sum(counted)
 
 
+def _built(build: Callable[..., nn.Module], *args: object) -> nn.Module:
+    """build(*args) on the meta device; built again on the CPU when its weights are small (the
+    global random state left as it was), so that its layer outputs are counted there."""
+    with torch.device(META):
+        model = build(*args)
+    if _n_weights(model) * FLOAT_BYTES > CPU_COUNT_LIMIT:
+        return model
+    with torch.random.fork_rng(devices=[]):
+        return build(*args)
+
+
+def _counted(model: nn.Module, *inputs: torch.Tensor | None) -> int:
+    """activations_per_image of a network _built made, for inputs on the CPU. Layer outputs of
+    one image are small whatever params allow (hidden sizes and channels are bounded)."""
+    device = next(model.parameters()).device
+    return activations_per_image(model, *(None if x is None else x.to(device) for x in inputs))
+
+
 def _n_weights(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def _sizes(params: Params) -> list[tuple[str, str, int, str, int, int]]:
     """(what, key of its size, parameters, key of its batch, batch, floats per image) of each
-    network training builds, built on the meta device."""
+    network training builds (_built)."""
     c, gan = params.classifier, params.gan
     shape = input_shape(params.data.dataset)
     n_train = TRAIN_IMAGES[params.data.dataset] - params.data.val_size
     batch = n_train if c.batch_size == 0 else min(c.batch_size, n_train)
     g_config, d_config = gan.generator_config(), gan.discriminator_config()
-    with torch.device(META):
-        classifier = build_classifier(c.architecture(), shape)
-        G, D = build_generator(g_config), build_discriminator(d_config)
-        image, z = torch.zeros(1, *shape), torch.zeros(1, gan.latent_size)
-        digit = torch.zeros(1, dtype=torch.long) if gan.conditional else None
-        fake = torch.zeros(1, 1, 28, 28)
-        per_gan_image = activations_per_image(G, z, digit) + 2 * activations_per_image(
-            D, fake, digit
-        )
+    classifier = _built(build_classifier, c.architecture(), shape)
+    G, D = _built(build_generator, g_config), _built(build_discriminator, d_config)
+    image, z = torch.zeros(1, *shape), torch.zeros(1, gan.latent_size)
+    digit = torch.zeros(1, dtype=torch.long) if gan.conditional else None
+    fake = torch.zeros(1, 1, 28, 28)
+    per_gan_image = _counted(G, z, digit) + 2 * _counted(D, fake, digit)
     gan_batch = min(gan.batch_size, TRAIN_IMAGES["mnist"])
     return [
         (
@@ -81,7 +101,7 @@ def _sizes(params: Params) -> list[tuple[str, str, int, str, int, int]]:
             _n_weights(classifier),
             "classifier.batch_size",
             batch,
-            activations_per_image(classifier, image),
+            _counted(classifier, image),
         ),
         (
             "the discriminator",
