@@ -374,15 +374,23 @@ def test_a_third_clone_pulls_shows_and_applies_an_experiment_without_training(
 
 RACERS = 8
 # One run of a stage logging data/prepared (a digest no run logged before) and moving a new
-# alias of model argv[3] to version 1, as a stage's registration does: each at its own moment.
+# alias of model argv[3] to version 1, as a stage's registration does, all at once: each
+# process says it is ready (MLflow imported) in a file, then waits for the start time the
+# test writes in file argv[2] once every one is ready; the aliases move 10 s after that.
 LOG_DATASET = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 import mlflow
 from digitlab.tracking import despite_a_race, log_prepared_data
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+go = Path(sys.argv[2])
+(go.parent / f"ready-{os.getpid()}").touch()
+while not go.exists():
+    time.sleep(0.01)
+at = float(go.read_text())
+time.sleep(max(0.0, at - time.time()))
 with mlflow.start_run(experiment_id=sys.argv[1]):
     log_prepared_data("mnist", "training")
-time.sleep(max(0.0, float(sys.argv[2]) + 10 - time.time()))
+time.sleep(max(0.0, at + 10 - time.time()))
 despite_a_race(mlflow.MlflowClient().set_registered_model_alias, sys.argv[3], "latest-mnist", 1)
 """
 
@@ -408,12 +416,18 @@ def test_runs_writing_one_new_dataset_and_alias_at_once_all_succeed(
     registering = client.create_run(experiment).info.run_id
     client.create_model_version(model, source=f"runs:/{registering}/model", run_id=registering)
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-    at = str(time.time() + 25)  # after every process has imported MLflow
+    go = tmp_path / "go"
     runs = [
-        subprocess.Popen([str(BIN / "python"), "-c", LOG_DATASET, experiment, at, model], cwd=tmp_path, env=env,
+        subprocess.Popen([str(BIN / "python"), "-c", LOG_DATASET, experiment, str(go), model], cwd=tmp_path, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(RACERS)
     ]  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < RACERS:
+        assert time.monotonic() < deadline and all(r.poll() is None for r in runs), "not ready"
+        time.sleep(0.1)
+    (tmp_path / "go.part").write_text(str(time.time() + 1))  # a second for all to read it
+    (tmp_path / "go.part").rename(go)  # whole, never half written
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert [run.returncode for run in runs] == [0] * RACERS, "\n".join(outputs)
     logged = client.search_runs([experiment])
