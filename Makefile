@@ -7,7 +7,7 @@ LOCK := requirements.lock
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup lock repro labs lab test test-fast bench bench-cgan lint ui play system-deps fashion-mnist clean
+.PHONY: setup lock repro labs lab test test-fast bench bench-cgan lint ui play any-digit system-deps fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -93,6 +93,15 @@ UI_PORT ?= 5000
 ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# The conditional all-digit generator of docs/experiments.md, registered for the playground's
+# "ask for any digit": the DVC experiment any-digit, run in a temporary copy (the workspace and
+# its params stay as they are; the classifier comes from DVC's cache). ANY_DIGIT_EXTRA='-S …'
+# adds overrides.
+ANY_DIGIT := -S digit=all -S gan.conditional=true -S gan.batch_size=128 \
+  -S gan.optimizer_d.lr=0.0004 -S gan.optimizer_g.lr=0.0004 -S gan.epochs=10
+any-digit: setup
+	$(BIN)/dvc exp run --temp $(ANY_DIGIT) $(ANY_DIGIT_EXTRA)
 
 # The playground over the registered models (after `make repro`), on this machine only:
 # http://127.0.0.1:$(PLAY_PORT) (python -m digitlab.play --host 0.0.0.0 to share it)

@@ -360,3 +360,39 @@ def test_a_taken_port_or_a_bad_one_is_one_line_before_any_model_loads(tmp_path: 
     assert run.returncode == 2 and run.stderr.endswith(
         "error: argument --port: '80000' is not a port (1-65535)\n"
     )
+
+
+def test_a_generator_for_one_digit_names_the_command_and_one_for_any_digit_is_the_default(
+    play_repo: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """After the conditional generator, a digit-3 one is registered under the current params'
+    alias (the defaults): the page still starts with the one that makes any digit, and chosen,
+    the digit-3 one says in one line why the digit picker is off and what makes one."""
+    repo, env = play_repo
+    params = (repo / "params.yaml").read_text()
+    for key, value in {"digit": 3, "gan.conditional": False, "gan.epochs": 1}.items():
+        set_param(repo, key, value)
+    try:
+        dvc(repo, env, "repro", "train_gan")
+        server, base, _ = start_play(repo, env, tmp_path / "play.log")
+    finally:
+        (repo / "params.yaml").write_text(params)
+    try:
+        status, models = call(base, "/api/models")
+        assert status == 200 and [v["version"] for v in models["generator"]["versions"]] == [2, 1]
+        assert "latest-mnist-3" in models["generator"]["versions"][0]["aliases"]
+        generator = models["generator"]
+        assert (generator["current"], generator["conditional"], generator["hint"]) == (
+            1,
+            True,
+            None,
+        )
+        status, models = call(base, "/api/models", {"generator": 2})
+        assert status == 200 and models["generator"]["conditional"] is False
+        hint = models["generator"]["hint"]
+        assert "makes only what it was trained on (digit: 3)" in hint and "\n" not in hint
+        assert "`make any-digit` trains one for any digit" in hint
+        status, answer = call(base, "/api/generate", {"digit": 5})
+        assert status == 400 and "`make any-digit` registers one" in answer["error"]
+    finally:
+        stop(server)

@@ -59,7 +59,8 @@ def digits_for(G: nn.Module, digit: int | None, n: int) -> torch.Tensor | None:
             raise PlayError(
                 400,
                 "digit: this generator is unconditional (it makes only what it was "
-                "trained on): leave digit out, or choose a conditional version",
+                "trained on): leave digit out, or choose a conditional version (`make any-digit` "
+                "registers one)",
             )
         return None
     return (

@@ -122,6 +122,19 @@ def listing_of(models: Models) -> dict[str, Any]:
         if getattr(models.loaded, kind) is None and listed[name]:
             with contextlib.suppress(PlayError):  # the page shows why, when it is used
                 models.select(name, None)
+    generator = models.loaded.generator
+    conditional = bool(models.loaded.G is not None and models.loaded.G.config.conditional)
+    if not listed[GENERATOR]:
+        generator_hint = "no generator is registered yet: run `make repro`"
+    elif generator is not None and not conditional:
+        made = generator.tags.get("digit", "one digit")
+        generator_hint = (
+            f"generator version {generator.version} makes only what it was trained on "
+            f"(digit: {made}), so the digit picker is off: `make any-digit` trains one for any "
+            "digit (about 6 minutes on 2 cores), then reload this page"
+        )
+    else:
+        generator_hint = None
     return {
         "classifier": {
             "versions": [_version(v) for v in listed[CLASSIFIER]],
@@ -132,11 +145,9 @@ def listing_of(models: Models) -> dict[str, Any]:
         },
         "generator": {
             "versions": [_version(v) for v in listed[GENERATOR]],
-            "current": models.loaded.generator.version if models.loaded.generator else None,
-            "conditional": bool(models.loaded.G is not None and models.loaded.G.config.conditional),
-            "hint": None
-            if listed[GENERATOR]
-            else "no generator is registered yet: run `make repro`",
+            "current": generator.version if generator else None,
+            "conditional": conditional,
+            "hint": generator_hint,
         },
     }
 

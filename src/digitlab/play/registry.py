@@ -98,8 +98,15 @@ class Models:
         return {name: versions(self.client, name) for name in (CLASSIFIER, GENERATOR)}
 
     def _default(self, name: str) -> Version | None:
+        """The version the current params' alias names; for the generator, a conditional one
+        of the dataset before it (it answers any digit: `make any-digit`), newest first."""
         listed = versions(self.client, name)
         by_alias = [v for v in listed if self.aliases[name] in v.aliases]
+        if name == GENERATOR and not (by_alias and by_alias[0].tags.get("kind") == "conditional"):
+            dataset = self.aliases[CLASSIFIER].removeprefix("latest-")
+            any_digit = [v for v in listed if v.tags.get("kind") == "conditional"
+                         and v.tags.get("dataset") == dataset]  # fmt: skip
+            by_alias = any_digit or by_alias
         return (by_alias or listed or [None])[0]
 
     def _load(self, version: Version) -> tuple[nn.Module, dict[str, Any]]:
@@ -159,7 +166,7 @@ class Models:
         if self.loaded.G is None:
             raise PlayError(
                 503,
-                "no generator is registered yet: run `make repro`, or for every digit "
-                "on demand the conditional line of docs/experiments.md",
+                "no generator is registered yet: run `make repro`, or `make any-digit` for one "
+                "that makes any digit on demand",
             )
         return self.loaded.G

@@ -189,6 +189,7 @@ async function loadModels(select) {
   const digit = $("digit");
   digit.disabled = !models.generator.conditional;
   $("ten").disabled = !models.generator.conditional;
+  digit.title = $("ten").title = models.generator.hint || "";  // why they are off
   if (digit.options.length === 1) {
     for (let d = 0; d < 10; d++) digit.insertAdjacentHTML("beforeend", `<option value="${d}">${d}</option>`);
   }
