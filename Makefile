@@ -7,7 +7,7 @@ LOCK := requirements.lock
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup lock repro labs lab test test-fast bench bench-cgan lint ui play any-digit system-deps fashion-mnist clean
+.PHONY: setup lock repro labs lab test test-fast bench bench-cgan lint ui play any-digit compare system-deps fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -88,11 +88,21 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# MLflow's UI over the project's store, on this machine only: http://127.0.0.1:$(UI_PORT)
+# MLflow's UI over the project's store, on this machine only. MLflow 3's UI shows an
+# experiment's GenAI views (traces) unless told the workflow: the address printed opens the
+# training runs of the digitlab experiment (the store's first, id 1).
 UI_PORT ?= 5000
 ui: setup
+	@echo "MLflow's UI, the training runs: http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# The experiments side by side in 120 columns: the params that differ between them, and
+# accuracy, decent rate and Fréchet ratio (no output hashes; the detector's figures and the
+# rest: `dvc exp show`, or the report).
+COMPARE := --only-changed --precision 4 --keep '^accuracy$$' --drop 'Created|.*/|.*\.pt$$|detector\.|.*_(worst|median|real)$$|digits_present|classifier_score'
+compare: setup
+	@$(BIN)/dvc exp show --no-pager $(COMPARE)
 
 # The conditional all-digit generator of docs/experiments.md, registered for the playground's
 # "ask for any digit": the DVC experiment any-digit, run in a temporary copy (the workspace and

@@ -167,6 +167,21 @@ def test_a_stage_failing_under_dvc_removes_what_it_wrote_of_its_outputs(tmp_path
     assert alone.returncode == 1 and (tmp_path / "reports/models/net.pt").is_file()
 
 
+def test_the_hint_names_git_for_the_metrics_dvc_keeps_out_of_its_cache(tmp_path: Path) -> None:
+    """Metrics declared `cache: false` are committed to Git, not DVC's cache: `dvc checkout`
+    cannot bring them back, so the hint says how Git does."""
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    outs: [models/net.pt]\n"
+        "    metrics:\n      - reports/metrics.json:\n          cache: false\n"
+    )
+    (tmp_path / "params.yaml").write_text("name: history\n")
+    done = run_script(LATE_FAILURE, env={"DVC_STAGE": "s"}, cwd=tmp_path)
+    assert done.stderr == (
+        "digitlab: error: failed late (`dvc checkout s` restores its last good outputs, "
+        "`git checkout -- reports/metrics.json` its last committed metrics)\n"
+    )
+
+
 NONDETERMINISTIC = """
     import torch
     from digitlab.stopping import run_main

@@ -3,6 +3,7 @@ exceptions, a watch on the dvc process that started it, and what a failed stage 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -87,9 +88,33 @@ def _watch(dvc: int) -> None:
 
 def restore_hint() -> str:
     """Under DVC (which removed the stage's outputs before running it), how to get the last
-    good outputs back from DVC's cache; nothing when the stage runs on its own."""
+    good outputs back: from DVC's cache, and from Git for those dvc.yaml keeps out of the cache
+    (`cache: false`: the headline metrics, committed); nothing when the stage runs alone."""
     stage = os.environ.get("DVC_STAGE")
-    return f" (`dvc checkout {stage}` restores its last good outputs)" if stage else ""
+    if not stage:
+        return ""
+    in_git = uncached_outputs(stage)
+    if not in_git:
+        return f" (`dvc checkout {stage}` restores its last good outputs)"
+    return (
+        f" (`dvc checkout {stage}` restores its last good outputs, "
+        f"`git checkout -- {' '.join(in_git)}` its last committed metrics)"
+    )
+
+
+def uncached_outputs(stage: str, root: Path = Path()) -> list[str]:
+    """The outputs dvc.yaml declares for `stage` with `cache: false` (Git holds them)."""
+    with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError):
+        spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]
+        return [
+            path
+            for kind in ("outs", "metrics", "plots")
+            for out in spec.get(kind, [])
+            if isinstance(out, dict)
+            for path, options in out.items()
+            if isinstance(options, dict) and options.get("cache") is False
+        ]
+    return []
 
 
 def stage_outputs(stage: str, root: Path = Path()) -> list[Path]:

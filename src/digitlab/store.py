@@ -26,7 +26,9 @@ KIND_TAG = "digitlab.kind"  # 'pipeline' on parent runs, 'stage' on stage runs
 WORKSPACE = "workspace"  # the dvc.exp tag of runs that no DVC experiment started
 
 
-# MLflow 3 opens an experiment in its GenAI view unless this tag says it trains models
+# How MLflow 3 marks an experiment that trains models (not a GenAI one). Its 3.17 UI still
+# opens an experiment on the GenAI overview unless the address asks for
+# `?workflowType=machine_learning`, which is the address `make ui` prints.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
