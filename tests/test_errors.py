@@ -3,6 +3,7 @@ failed write, in real subprocesses."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -167,19 +168,44 @@ def test_a_stage_failing_under_dvc_removes_what_it_wrote_of_its_outputs(tmp_path
     assert alone.returncode == 1 and (tmp_path / "reports/models/net.pt").is_file()
 
 
-def test_the_hint_names_git_for_the_metrics_dvc_keeps_out_of_its_cache(tmp_path: Path) -> None:
-    """Metrics declared `cache: false` are committed to Git, not DVC's cache: `dvc checkout`
-    cannot bring them back, so the hint says how Git does."""
-    (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  s:\n    cmd: x\n    outs: [models/net.pt]\n"
-        "    metrics:\n      - reports/metrics.json:\n          cache: false\n"
-    )
-    (tmp_path / "params.yaml").write_text("name: history\n")
-    done = run_script(LATE_FAILURE, env={"DVC_STAGE": "s"}, cwd=tmp_path)
+def test_metrics_dvc_keeps_out_of_its_cache_are_put_back_else_the_hint_names_git(
+    tmp_path: Path,
+) -> None:
+    """Metrics declared `cache: false` (committed to Git) are skipped by `dvc checkout`: a
+    failed stage puts them back from the copy DVC's run-cache keeps, by dvc.lock's md5; with
+    no copy, the hint says how Git brings them back."""
+    good = b'{"accuracy": 0.99}\n'
+    md5 = hashlib.md5(good).hexdigest()
+    for folder in ("no-copy", "copy"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "dvc.yaml").write_text(
+            "stages:\n  s:\n    cmd: x\n    outs: [models/net.pt]\n"
+            "    metrics:\n      - reports/metrics.json:\n          cache: false\n"
+        )
+        (tmp_path / folder / "params.yaml").write_text("name: history\n")
+        (tmp_path / folder / "dvc.lock").write_text(
+            f"stages:\n  s:\n    outs:\n    - path: reports/metrics.json\n      md5: {md5}\n"
+        )
+    copy = tmp_path / "copy/.dvc/cache/files/md5" / md5[:2] / md5[2:]
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(good)
+
+    done = run_script(LATE_FAILURE, env={"DVC_STAGE": "s"}, cwd=tmp_path / "no-copy")
     assert done.stderr == (
         "digitlab: error: failed late (`dvc checkout s` restores its last good outputs, "
         "`git checkout -- reports/metrics.json` its last committed metrics)\n"
     )
+    assert not (tmp_path / "no-copy/reports/metrics.json").exists()
+    done = run_script(LATE_FAILURE, env={"DVC_STAGE": "s"}, cwd=tmp_path / "copy")
+    assert done.stderr == (
+        "digitlab: error: failed late (`dvc checkout s` restores its last good outputs)\n"
+    )
+    assert (tmp_path / "copy/reports/metrics.json").read_bytes() == good
+    assert not (tmp_path / "copy/models/net.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "copy/reports").iterdir()) == [
+        "figures",
+        "metrics.json",
+    ]
 
 
 NONDETERMINISTIC = """

@@ -4,11 +4,9 @@ own data only), so that the schema never imports torch or the networks."""
 
 from __future__ import annotations
 
-import sys
-
 from digitlab.memory import check_device, check_networks
 from digitlab.params import Params, ParamsError, load_params
-from digitlab.stopping import restore_hint
+from digitlab.stopping import fail
 
 
 def stage_params() -> Params:
@@ -21,5 +19,4 @@ def stage_params() -> Params:
         check_networks(params)
         return params
     except ParamsError as exc:
-        print(f"digitlab: error: {exc}{restore_hint()}", file=sys.stderr)
-        raise SystemExit(1) from None
+        fail(str(exc))

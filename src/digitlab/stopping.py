@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import yaml
 
@@ -86,20 +87,51 @@ def _watch(dvc: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def restore_hint() -> str:
+def restore_hint(in_git: list[str] | None = None) -> str:
     """Under DVC (which removed the stage's outputs before running it), how to get the last
-    good outputs back: from DVC's cache, and from Git for those dvc.yaml keeps out of the cache
-    (`cache: false`: the headline metrics, committed); nothing when the stage runs alone."""
+    good outputs back: `dvc checkout`, and `git checkout` for the `cache: false` ones in
+    `in_git` (the headline metrics, which `dvc checkout` skips and which could not be put
+    back: see put_back_uncached_outputs); nothing when the stage runs alone."""
     stage = os.environ.get("DVC_STAGE")
     if not stage:
         return ""
-    in_git = uncached_outputs(stage)
     if not in_git:
         return f" (`dvc checkout {stage}` restores its last good outputs)"
     return (
         f" (`dvc checkout {stage}` restores its last good outputs, "
         f"`git checkout -- {' '.join(in_git)}` its last committed metrics)"
     )
+
+
+def put_back_uncached_outputs(root: Path = Path()) -> list[str]:
+    """Under DVC, put the stage's `cache: false` outputs back as dvc.lock records them: DVC
+    removed them before the stage ran, `dvc checkout` skips them, and DVC's run-cache keeps a
+    copy in the cache by their md5. The ones it could not put back (no copy), for the hint."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return []
+    wanted = uncached_outputs(stage, root)
+    recorded: dict[str, str] = {}
+    with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        lock = yaml.safe_load((root / "dvc.lock").read_text())
+        recorded = {o["path"]: o["md5"] for o in lock["stages"][stage]["outs"] if "md5" in o}
+    missing = []
+    for path in wanted:
+        md5 = recorded.get(path, "")
+        copy = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+        if (root / path).exists():
+            continue
+        if len(md5) != 32 or not copy.is_file():
+            missing.append(path)
+            continue
+        part = (root / path).with_name(f".{Path(path).name}.part")
+        try:
+            shutil.copyfile(copy, part)
+            part.replace(root / path)
+        except OSError:
+            part.unlink(missing_ok=True)
+            missing.append(path)
+    return missing
 
 
 def uncached_outputs(stage: str, root: Path = Path()) -> list[str]:
@@ -163,8 +195,11 @@ def _restore_orphaned() -> str:
             [sys.executable, "-m", "dvc", "checkout", stage], capture_output=True, timeout=60
         )
     except (OSError, subprocess.SubprocessError):
-        return restore_hint()
-    return "; its last good outputs are restored" if done.returncode == 0 else restore_hint()
+        return restore_hint(put_back_uncached_outputs())
+    in_git = put_back_uncached_outputs()
+    if done.returncode == 0 and not in_git:
+        return "; its last good outputs are restored"
+    return restore_hint(in_git)
 
 
 def nondeterministic_operation(exc: RuntimeError) -> str | None:
@@ -174,9 +209,14 @@ def nondeterministic_operation(exc: RuntimeError) -> str | None:
     return match.group(1) if match else None
 
 
-def _fail(line: str, status: int, remove: bool = True) -> None:
-    if remove:
-        remove_unsaved_outputs()
+def fail(line: str, status: int = 1) -> NoReturn:
+    """End the stage with one line on stderr and `status`: under DVC, first remove what it
+    wrote of its outputs and put back the uncached ones, then say how to get the rest back."""
+    remove_unsaved_outputs()
+    _end(f"{line}{restore_hint(put_back_uncached_outputs())}", status)
+
+
+def _end(line: str, status: int) -> NoReturn:
     print(f"digitlab: error: {line}", file=sys.stderr)
     raise SystemExit(status)
 
@@ -201,19 +241,19 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except DigitlabError as exc:
-        _fail(f"{exc}{restore_hint()}", 1)
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"{os_error_line(exc)}{restore_hint()}", 1)
+        fail(os_error_line(exc))
     except RuntimeError as exc:
         operation = nondeterministic_operation(exc)
         if operation is None:
             raise
         why = f"{operation} has no deterministic kernel on this device, so two runs would differ"
-        _fail(f"device: {why}; set device: cpu{restore_hint()}", 1)
+        fail(f"device: {why}; set device: cpu")
     except (KeyboardInterrupt, Terminated) as exc:
         signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum)
         if ORPHANED.is_set():
             remove_unsaved_outputs()  # then the last good ones come back
-            _fail(f"stopped: dvc (pid {dvc}) is gone{_restore_orphaned()}", 128 + signum, False)
-        _fail(f"stopped by {signum.name}{restore_hint()}", 128 + signum)
+            _end(f"stopped: dvc (pid {dvc}) is gone{_restore_orphaned()}", 128 + signum)
+        fail(f"stopped by {signum.name}", 128 + signum)
     ignore_stops()  # done: a late stop signal must not turn a finished stage into a failure
