@@ -1,8 +1,10 @@
-"""The raw files read into tensors, once their checksums hold: MNIST's IDX files (torchvision's
-readers) and CIFAR-10's python-version batches (an unpickler that takes numpy arrays only)."""
+"""The raw files read into tensors, once their checksums hold: MNIST's IDX files (a reader of
+their few header bytes) and CIFAR-10's python-version batches (an unpickler that takes numpy
+arrays only)."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -74,12 +76,23 @@ def read_raw(
         names = CIFAR_TRAIN if train else ("test_batch",)
         parts = [read_cifar_batch(raw_dir / name) for name in names]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
     prefix = "train" if train else "t10k"
-    images = read_image_file(str(raw_dir / f"{prefix}-images-idx3-ubyte"))
-    labels = read_label_file(str(raw_dir / f"{prefix}-labels-idx1-ubyte"))
+    images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", dims=3)
+    labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", dims=1)
     return images, labels.long()
+
+
+def read_idx(path: Path, dims: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes with `dims` dimensions (MNIST's format: the magic number
+    0x0000 08 <dims>, each size as a big-endian int32, then the bytes)."""
+    raw = bytearray(path.read_bytes())
+    header = 4 + 4 * dims
+    if raw[:4] != bytes([0, 0, 8, dims]) or len(raw) < header:
+        raise DigitlabError(f"{path}: not an IDX file of {dims}-dimensional unsigned bytes")
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    if len(raw) - header != math.prod(shape):
+        raise DigitlabError(f"{path}: {len(raw) - header:,} bytes of data, not {shape}")
+    return torch.frombuffer(raw, dtype=torch.uint8, offset=header).view(shape)
 
 
 def read_verified(raw_dir: Path, dataset: str) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
