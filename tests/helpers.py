@@ -177,11 +177,13 @@ def stage_runs(repo: Path, query: str = "") -> list:
     )
 
 
-def outputs_snapshot(repo: Path) -> dict[str, bytes]:
-    """The bytes of every file under models/, reports/ and data/prepared/."""
+def outputs_snapshot(
+    repo: Path, folders: tuple[str, ...] = ("models", "reports", "data/prepared")
+) -> dict[str, bytes]:
+    """The bytes of every file under models/, reports/ and data/prepared/ (or `folders`)."""
     return {
         str(p.relative_to(repo)): p.read_bytes()
-        for folder in ("models", "reports", "data/prepared")
+        for folder in folders
         for p in sorted((repo / folder).rglob("*"))
         if p.is_file()
     }
