@@ -184,6 +184,7 @@ def test_killing_dvc_stops_its_stage_and_restores_the_outputs(
 ) -> None:
     path, env = pristine
     before = outputs_snapshot(path)
+    set_param(path, "gan.epochs", 1000)  # still training when dvc goes (tiny params end in 1 s)
     since = int(time.time() * 1000)
     proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "train_gan"], cwd=path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -207,6 +208,7 @@ def test_killing_dvc_stops_its_stage_and_restores_the_outputs(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        git(path, "checkout", "-q", "--", "params.yaml")
     (run,) = stage_runs(
         path, f"tags.`dvc.stage` = 'train_gan' and attributes.start_time >= {since}"
     )
