@@ -99,6 +99,9 @@ class FrechetJudge:
 
 
 RUNS = 3  # interleaved runs of each recipe of a comparison, after one warm-up of each
+# A slower peer (pytorch/examples, PyTorch-GAN) stops after this many times the seconds ours
+# took: "not reached in N s", a bound on the ratio, keeps `make bench` within 25 minutes.
+PEER_CAP = 1.5
 
 
 def side_by_side(
@@ -112,8 +115,9 @@ def side_by_side(
     for kernels, threads and memory), then `runs` runs of each, interleaved ours, theirs, ours,
     … (`theirs` gets the result of the ours before it), so a slow spell hits both. Each run's
     `key` (seconds to the target; None: not reached), the ratios ours / theirs, their median
-    and range (where theirs never got there, the bound ours / theirs' whole time instead), and
-    the curves of the last pair."""
+    and range (where theirs never got there, the bound ours / theirs' whole time instead, and
+    the median of ratios and bounds as a bound on the median), and the curves of the last
+    pair."""
     warm_up()
     pairs = []
     for _ in range(runs):
@@ -126,12 +130,17 @@ def side_by_side(
         elif a[key] is not None and b["curve"]:
             bounds.append(a[key] / b["curve"][-1]["seconds"])
     median = statistics.median(ratios) if len(ratios) == runs else None
+    # a bound is an upper one (theirs would have taken longer): with it, the median of every
+    # pair's ratio or bound is an upper bound on the median ratio
+    bound = statistics.median(ratios + bounds) if bounds and len(ratios + bounds) == runs else None
     return {
         "ours_seconds": [a[key] for a, _ in pairs],
         "theirs_seconds": [b[key] for _, b in pairs],
+        "theirs_stopped_at": [b["curve"][-1]["seconds"] if b["curve"] else None for _, b in pairs],
         "ratios": ratios,
         "median_ratio": median,
         "ratio_range": [min(ratios), max(ratios)] if median is not None else None,
         "ratio_bounds": bounds,
+        "median_ratio_at_most": bound,
         "curves": {"ours": pairs[-1][0]["curve"], "theirs": pairs[-1][1]["curve"]},
     }

@@ -154,12 +154,12 @@ class ExamplesNet(nn.Module):
 
 def examples_time_to_accuracy(
     raw_dir: Path, seed: int, targets: dict[str, float] = TARGETS, max_epochs: int = 8,
-    n_train: int | None = None,
+    n_train: int | None = None, max_seconds: float = math.inf,
 ) -> dict[str, Any]:  # fmt: skip
     """pytorch/examples' MNIST recipe as its main.py runs it (DataLoader with ToTensor and
     Normalize, batch 64, Adadelta lr 1.0, StepLR gamma 0.7, all 60,000 training images):
     training seconds until the test accuracy, judged after every epoch, first reaches each
-    target (at most `max_epochs` epochs)."""
+    target (at most `max_epochs` epochs; none begins after `max_seconds` of training)."""
     from torchvision import transforms
 
     torch.manual_seed(seed)
@@ -185,6 +185,8 @@ def examples_time_to_accuracy(
                 optimizer.step()
             scheduler.step()
             judge_accuracy(model, test, curve, watch, epoch, targets)
+            if curve[-1]["seconds"] >= max_seconds:
+                break
     return seconds_to(curve, "test_acc", targets)
 
 

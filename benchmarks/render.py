@@ -23,25 +23,24 @@ def _seconds(value: float | None) -> str:
     return "not reached" if value is None else f"{value:,.1f} s"
 
 
-def _runs(seconds: list[float | None], curve: list[dict[str, Any]]) -> str:
-    """Each run's seconds, 'a / b / c s', a run that did not get there as how far it got."""
+def _runs(seconds: list[float | None], stopped: list[float | None]) -> str:
+    """Each run's seconds, 'a / b / c s'; a run that did not get there as 'not reached in N s'
+    (N: the seconds it trained before it stopped)."""
     if all(s is not None for s in seconds):
         return " / ".join(f"{s:,.1f}" for s in seconds) + " s"
-    metric = "frechet_ratio" if curve and "frechet_ratio" in curve[0] else "test_acc"
-    best = (min if metric == "frechet_ratio" else max)(point[metric] for point in curve)
-    shown = f"{best:.2f}" if metric == "frechet_ratio" else f"{best:.2%}"
-    reached = [s for s in seconds if s is not None]
-    got = f"{len(reached)} of {len(seconds)} reached" if reached else "none reached"
-    return f"{got}; the last in {curve[-1]['seconds']:,.0f} s (best {shown})"
+    return " / ".join(
+        f"{s:,.1f} s" if s is not None else f"not reached in {cap or 0:,.0f} s"
+        for s, cap in zip(seconds, stopped, strict=True)
+    )
 
 
 def _ratio(comparison: dict[str, Any]) -> str:
-    """The median ratio and its range; where theirs never got there, the bound."""
+    """The median ratio and its range; where theirs did not get there, the bound."""
     if comparison["median_ratio"] is not None:
         low, high = comparison["ratio_range"]
         return f"{comparison['median_ratio']:.2f}× ({low:.2f}–{high:.2f}×)"
-    if comparison["ratio_bounds"]:
-        return f"< {max(comparison['ratio_bounds']):.2f}×"
+    if comparison.get("median_ratio_at_most") is not None:
+        return f"≤ {comparison['median_ratio_at_most']:.2f}× (a bound: see the runs)"
     return "n/a"
 
 
@@ -55,8 +54,10 @@ def render(results: dict[str, Any]) -> str:
         if name not in results:
             continue
         c = results[name]
-        lines.append(f"| {target}: {ours} vs {theirs} | {_runs(c['ours_seconds'], c['curves']['ours'])} | "
-                     f"{_runs(c['theirs_seconds'], c['curves']['theirs'])} | {_ratio(c)} |")  # fmt: skip
+        stopped = c.get("theirs_stopped_at", [None] * len(c["theirs_seconds"]))
+        ours_stopped = [None] * len(c["ours_seconds"])
+        lines.append(f"| {target}: {ours} vs {theirs} | {_runs(c['ours_seconds'], ours_stopped)} | "
+                     f"{_runs(c['theirs_seconds'], stopped)} | {_ratio(c)} |")  # fmt: skip
     rows = []
     revisit = results.get("revisit")
     if revisit:
@@ -68,6 +69,10 @@ def render(results: dict[str, Any]) -> str:
         rows.append(f"| `dvc repro` with nothing to do | {_seconds(results['noop_repro_s'])} |")
     if rows:
         lines += ["", "| pipeline | seconds |", "|---|---|", *rows]
+    if results.get("wall_seconds") is not None:
+        cap = results.get("peer_cap")
+        lines += ["", f"The whole `make bench`: {results['wall_seconds'] / 60:.1f} minutes "
+                  f"(a reference stops after {cap}× the seconds digitlab took)."]  # fmt: skip
     return "\n".join(lines).strip()
 
 

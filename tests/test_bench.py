@@ -57,6 +57,9 @@ def test_pytorch_examples_recipe_learns(raw_mnist: Path) -> None:
     assert point["epoch"] == 1 and point["seconds"] > 0
     assert 0.3 < point["test_acc"] < 0.99  # learnt; targets missed
     assert result["seconds_to_99"] is None and result["seconds_to_995"] is None
+    # the cap: no epoch begins after max_seconds of training
+    capped = examples_time_to_accuracy(raw_mnist, 0, max_epochs=3, n_train=640, max_seconds=0.01)
+    assert [p["epoch"] for p in capped["curve"]] == [1] and capped["seconds_to_99"] is None
 
 
 def test_tuomaso_recipe_is_judged_at_fractions_of_its_epoch(raw_mnist: Path) -> None:
@@ -130,6 +133,8 @@ def comparison(ours: list, theirs: list, ratios: list, curve: list | None = None
             "median_ratio": sorted(ratios)[1] if len(ratios) == 3 else None,
             "ratio_range": [min(ratios), max(ratios)] if len(ratios) == 3 else None,
             "ratio_bounds": [30 / 90] if len(ratios) < 3 else [],
+            "median_ratio_at_most": 30 / 90 if len(ratios) < 3 else None,
+            "theirs_stopped_at": [90.0, 91.0, 92.0],
             "curves": {"ours": [{"seconds": 12.0, "test_acc": 0.9912}], "theirs": curve or []}}  # fmt: skip
 
 
@@ -143,12 +148,14 @@ RESULTS = {
     "revisit": {"key": "digit", "value": 7, "away_s": 150.0, "back_s": 4.5, "away_ran": ["train_gan"],
                 "back_ran": []},
     "noop_repro_s": 0.8,
+    "wall_seconds": 1230.0,
+    "peer_cap": 1.5,
 }  # fmt: skip
 
 
 def test_side_by_side_interleaves_after_a_warm_up_and_takes_the_median() -> None:
     calls: list[str] = []
-    times = iter([3.0, 1.0, 2.0] * 2)
+    times = iter([3.0, 1.0, 2.0] * 3)
 
     def ours() -> dict:
         calls.append("ours")
@@ -167,6 +174,14 @@ def test_side_by_side_interleaves_after_a_warm_up_and_takes_the_median() -> None
         ours, lambda _: {"t": None, "curve": [{"seconds": 8.0}]}, "t", lambda: None
     )
     assert never["median_ratio"] is None and never["ratio_bounds"] == [3 / 8, 1 / 8, 2 / 8]
+    assert never["median_ratio_at_most"] == 2 / 8 and never["theirs_stopped_at"] == [8.0] * 3
+    assert result["median_ratio_at_most"] is None
+    # theirs reached the target once: one ratio and two bounds, their median a bound
+    reached = iter([{"t": None, "curve": [{"seconds": 8.0}]}, {"t": 2.0, "curve": [{"seconds": 2.0}]},
+                    {"t": None, "curve": [{"seconds": 8.0}]}])  # fmt: skip
+    mixed = side_by_side(ours, lambda _: next(reached), "t", lambda: None)
+    assert mixed["ratios"] == [0.5] and mixed["ratio_bounds"] == [3 / 8, 2 / 8]
+    assert mixed["median_ratio"] is None and mixed["median_ratio_at_most"] == 3 / 8
 
 
 def test_tables_are_written_between_the_markers(tmp_path: Path) -> None:
@@ -174,8 +189,10 @@ def test_tables_are_written_between_the_markers(tmp_path: Path) -> None:
     assert ("| 99.0% test accuracy: digitlab fast recipe vs tuomaso recipe | 10.0 / 11.0 / 9.0 s "
             "| 20.0 / 20.0 / 20.0 s | 0.50× (0.45–0.55×) |") in table  # fmt: skip
     assert "| 40.0 / 44.0 / 42.0 s | 200.0 / 220.0 / 210.0 s | 0.20× (0.20–0.20×) |" in table
-    assert "| none reached; the last in 90 s (best 2.50) | < 0.33× |" in table
+    assert ("| not reached in 90 s / not reached in 91 s / not reached in 92 s | ≤ 0.33× (a "
+            "bound: see the runs) |") in table  # fmt: skip
     assert "`digit` set to 7 and back (ran no stage) | 4.5 s (150.0 s going there) |" in table
+    assert "The whole `make bench`: 20.5 minutes (a reference stops after 1.5×" in table
     page = tmp_path / "page.md"
     page.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
     update(page, table)
@@ -204,13 +221,16 @@ def test_pytorch_gan_cgan_recipe_trains_and_both_are_judged_alike(
     assert n_parameters(CganGenerator()) == 1_511_412  # gan.py's + 10 inputs × 128 + the embedding
     assert n_parameters(CganDiscriminator()) == 932_965
     assert recipe_params(repo_params(), CONDITIONAL_RECIPE).gan.conditional
-    docs = (Path(__file__).parents[1] / "docs/experiments.md").read_text()
+    root = Path(__file__).parents[1]
+    docs = (root / "docs/experiments.md").read_text()
     line = re.search(r"dvc exp run -S digit=all -S gan.conditional=true[^`]*", docs).group(0)
-    pairs = (pair.split("=") for pair in re.findall(r"-S (\S+)", line))
-    settings = {key: yaml.safe_load(value) for key, value in pairs}  # as dvc's -S reads them
-    assert recipe_params(repo_params(), settings) == recipe_params(
-        repo_params(), CONDITIONAL_RECIPE
-    )
+    make = re.search(r"^ANY_DIGIT := (.*?)\n\S", (root / "Makefile").read_text(), re.M | re.S)
+    for command in (line, make.group(1)):  # the docs' command, and `make any-digit`'s
+        pairs = (pair.strip("'").split("=") for pair in re.findall(r"-S (\S+)", command))
+        settings = {key: yaml.safe_load(value) for key, value in pairs}  # as dvc's -S reads them
+        assert recipe_params(repo_params(), settings) == recipe_params(
+            repo_params(), CONDITIONAL_RECIPE
+        )
     folder, _ = prepared
     real = {name: load_split(folder, name) for name in ("test", "train")}
     start = time.perf_counter()
