@@ -108,8 +108,8 @@ compare: setup
 # "ask for any digit": the DVC experiment any-digit, run in a temporary copy (the workspace and
 # its params stay as they are; the classifier comes from DVC's cache). ANY_DIGIT_EXTRA='-S …'
 # adds overrides.
-ANY_DIGIT := -S digit=all -S gan.conditional=true -S gan.batch_size=128 \
-  -S gan.optimizer_d.lr=0.0004 -S gan.optimizer_g.lr=0.0004 -S gan.epochs=10
+ANY_DIGIT := -S digit=all -S gan.conditional=true -S 'gan.discriminator.hidden=[256,128]' \
+  -S gan.batch_size=256 -S gan.optimizer_d.lr=0.0006 -S gan.optimizer_g.lr=0.0006 -S gan.epochs=100
 any-digit: setup
 	$(BIN)/dvc exp run --temp $(ANY_DIGIT) $(ANY_DIGIT_EXTRA)
 

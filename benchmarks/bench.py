@@ -59,8 +59,15 @@ def noop_repro_seconds(root: Path) -> float | None:
 
 
 def _dvc(repo: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True,
-                          text=True, timeout=timeout, check=True)  # fmt: skip
+    """`dvc args` in `repo`; a failure raises with the end of what DVC said, not just its code."""
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(
+            f"dvc {' '.join(args)} in {repo} exited {done.returncode}: " + " | ".join(said)
+        )
+    return done
 
 
 def _set_param(repo: Path, key: str, value: Any) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 import yaml
 
 from digitlab.checkpoints import load_generator, save_checkpoint
@@ -35,6 +36,7 @@ from digitlab.models import (
     GANS,
     ConvDiscriminator,
     ConvGenerator,
+    DigitBatchNorm,
     Discriminator,
     Generator,
     MLPDiscriminator,
@@ -43,7 +45,7 @@ from digitlab.models import (
     build_generator,
 )
 from digitlab.optim import make_optimizer
-from digitlab.params import GANParams
+from digitlab.params import GANParams, GeneratorConfig
 from helpers import ROOT, repo_params
 
 CPU = torch.device("cpu")
@@ -307,6 +309,29 @@ def test_a_conditional_gan_is_deterministic_and_round_trips(
     )
     with pytest.raises(ValueError, match="trains on images with their labels"):
         fit_gan(cfg, images, 5, CPU)
+
+
+def test_a_conditional_generator_learns_its_batchnorm_per_digit(every_digit: Split) -> None:
+    """norm_per_digit: each BatchNorm of a conditional G has a scale and shift per digit,
+    starting as plain BatchNorm and learned apart; off, or unconditional, it is plain BatchNorm
+    (as in generators saved before the key)."""
+    cfg = gan_params(conditional=True, generator__norm_per_digit=True)
+    G, _ = networks(cfg)
+    norms = [m for m in G.modules() if isinstance(m, DigitBatchNorm)]
+    assert len(norms) == len(cfg.generator_config().hidden)
+    assert all(n.scale.weight.eq(1).all() and n.shift.weight.eq(0).all() for n in norms)
+    result = fit_gan(cfg, every_digit.images[:640], 0, CPU, every_digit.labels[:640])
+    learned = [m for m in result.generator.modules() if isinstance(m, DigitBatchNorm)]
+    spread = torch.stack([n.scale.weight.std(0).mean() for n in learned])
+    assert (spread > 0).all(), "every digit's scale was learned apart"
+    for plain in (gan_params(conditional=True, generator__norm_per_digit=False),
+                  gan_params(conditional=False, generator__norm_per_digit=True)):  # fmt: skip
+        G, _ = networks(plain)
+        assert not any(isinstance(m, DigitBatchNorm) for m in G.modules())
+        assert any(isinstance(m, nn.BatchNorm1d) and m.affine for m in G.modules())
+    config = cfg.generator_config().model_dump()
+    del config["norm_per_digit"]
+    assert GeneratorConfig.model_validate(config).norm_per_digit is False
 
 
 def test_the_wrong_kind_of_generator_or_digit_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -185,9 +185,31 @@ def build_classifier(arch: ClassifierArchitecture, in_shape: Shape = MNIST_SHAPE
 # features with a learned vector for the image's digit.
 
 
+class DigitBatchNorm(nn.Module):
+    """BatchNorm whose scale and shift are learned per digit (class-conditional BatchNorm, as
+    in the generators of cGANs with a projection discriminator and BigGAN): the digit steers
+    every layer, not just the input. Starts as plain BatchNorm (scale 1, shift 0)."""
+
+    def __init__(self, features: int, dims: int) -> None:
+        super().__init__()
+        self.norm = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(features, affine=False)
+        self.scale = nn.Embedding(N_CLASSES, features)
+        self.shift = nn.Embedding(N_CLASSES, features)
+        nn.init.ones_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        shape = (len(x), x.shape[1]) + (1,) * (x.dim() - 2)
+        return self.norm(x) * self.scale(labels).view(shape) + self.shift(labels).view(shape)
+
+
 def _after(config: GeneratorConfig, features: int, dims: int) -> list[nn.Module]:
-    """A generator layer's [BatchNorm →] activation [→ dropout], on 1-d or 2-d outputs."""
-    norm = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(features)
+    """A generator layer's [BatchNorm →] activation [→ dropout], on 1-d or 2-d outputs; the
+    BatchNorm learns its scale and shift per digit in a conditional G with norm_per_digit."""
+    if config.conditional and config.norm_per_digit:
+        norm: nn.Module = DigitBatchNorm(features, dims)
+    else:
+        norm = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(features)
     batchnorm = [norm] if config.batchnorm else []
     dropout = [nn.Dropout(config.dropout)] if config.dropout > 0 else []
     return [*batchnorm, activation(config.activation), *dropout]
@@ -214,9 +236,13 @@ class _Generator(nn.Module):
         self.n_in = config.latent_size + (N_CLASSES if config.conditional else 0)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.label_embedding is not None:
-            z = torch.cat([z, self.label_embedding(_needed(labels))], 1)
-        return self.net(z)
+        if self.label_embedding is None:
+            return self.net(z)
+        digits = _needed(labels)
+        x = torch.cat([z, self.label_embedding(digits)], 1)
+        for layer in self.net:
+            x = layer(x, digits) if isinstance(layer, DigitBatchNorm) else layer(x)
+        return x
 
 
 class MLPGenerator(_Generator):

@@ -143,6 +143,7 @@ class GeneratorParams(_Section):
     activation: Activation
     dropout: float = Field(ge=0, lt=1)
     batchnorm: bool
+    norm_per_digit: bool = False  # conditional G: BatchNorm's scale and shift learned per digit
     output: Literal["tanh", "sigmoid"]
 
 
@@ -172,6 +173,7 @@ class GeneratorConfig(_GANNetworkConfig):
     latent_size: int = Field(ge=1, le=4096)
     latent: Literal["normal", "uniform"]
     batchnorm: bool
+    norm_per_digit: bool = False  # checkpoints from before it lack the key
     output: Literal["tanh", "sigmoid"]
 
 
@@ -211,6 +213,7 @@ class GANParams(_Section):
             activation=g.activation,
             dropout=g.dropout,
             batchnorm=g.batchnorm,
+            norm_per_digit=g.norm_per_digit,
             output=g.output,
             conditional=self.conditional,
         )
