@@ -109,7 +109,8 @@ compare: setup
 # its params stay as they are; the classifier comes from DVC's cache). ANY_DIGIT_EXTRA='-S …'
 # adds overrides.
 ANY_DIGIT := -S digit=all -S gan.conditional=true -S 'gan.discriminator.hidden=[256,128]' \
-  -S gan.batch_size=256 -S gan.optimizer_d.lr=0.0006 -S gan.optimizer_g.lr=0.0006 -S gan.epochs=100
+  -S gan.batch_size=384 -S gan.optimizer_d.lr=0.0007 -S gan.optimizer_g.lr=0.0007 -S gan.epochs=120 \
+  -S gan.ema=0.9995
 any-digit: setup
 	$(BIN)/dvc exp run --temp $(ANY_DIGIT) $(ANY_DIGIT_EXTRA)
 

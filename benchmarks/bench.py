@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,9 +60,11 @@ def noop_repro_seconds(root: Path) -> float | None:
 
 
 def _dvc(repo: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """`dvc args` in `repo`; a failure raises with the end of what DVC said, not just its code."""
+    """`dvc args` in `repo`, its stages' `python` this one (run outside `make` too); a failure
+    raises with the end of what DVC said, not just its code."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+                          text=True, timeout=timeout, env={**os.environ, "PATH": path})  # fmt: skip
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()[-5:]
         raise RuntimeError(

@@ -31,8 +31,8 @@ DIGITS = list(range(10))
 # docs/experiments.md's all-digit line: `dvc exp run -S digit=all -S gan.conditional=true …`.
 CONDITIONAL_RECIPE: dict[str, Any] = {
     "digit": "all", "gan.conditional": True, "gan.discriminator.hidden": [256, 128],
-    "gan.batch_size": 256, "gan.optimizer_d.lr": 0.0006, "gan.optimizer_g.lr": 0.0006,
-    "gan.epochs": 100,
+    "gan.batch_size": 384, "gan.optimizer_d.lr": 0.0007, "gan.optimizer_g.lr": 0.0007,
+    "gan.epochs": 120, "gan.ema": 0.9995,
 }  # fmt: skip
 KEPT = ("decent_rate", "decent_rate_worst", "frechet_ratio", "frechet_ratio_median",
         "classifier_score", "classifier_score_real", "memorised")  # fmt: skip

@@ -13,10 +13,12 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.bench import revisit_seconds
 from digitlab.data import load_split
 from digitlab.flat import flatten
 from helpers import (
     ALL_STAGES,
+    BIN,
     changed_stages,
     dvc,
     git,
@@ -440,6 +442,23 @@ def test_evaluate_gan_metrics_and_gan_eval_change(tiny_repo: tuple[Path, dict[st
         dvc(path, env, "repro")
     run = next(r for r in mlflow_runs(path) if r.info.run_name == "evaluate_gan")
     assert "gan_eval/decent_rate" in run.data.metrics
+
+
+def test_the_bench_revisit_comes_back_from_the_run_cache_outside_make(
+    tiny_repo: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m benchmarks.bench` run without the venv on PATH (outside `make`): the copy's
+    stages still run with this Python, and setting a key back reruns nothing."""
+    path, env = tiny_repo
+    dvc(path, env, "repro")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    outside = [p for p in env["PATH"].split(os.pathsep) if Path(p) != BIN]
+    monkeypatch.setenv("PATH", os.pathsep.join(outside))
+    timings = revisit_seconds(path, "gan_eval.threshold", 0.8)
+    assert timings is not None, "the tiny repo is up to date"
+    assert timings["away_ran"] == ["evaluate_gan", "report"] and timings["back_ran"] == []
+    assert changed_stages(path, env) == set()  # the repo itself untouched
 
 
 def test_report_is_self_contained_and_renders_in_chromium(
