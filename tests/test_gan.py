@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 import yaml
+from torch import nn
 
 from digitlab.checkpoints import load_generator, save_checkpoint
 from digitlab.data import Split, load_split
