@@ -38,7 +38,7 @@ from helpers import (
 pytestmark = pytest.mark.slow  # a classifier and a conditional GAN trained and registered
 
 # The fast recipe's classifier (two epochs) and the conditional all-digit GAN of
-# docs/experiments.md, at batch 128 for 4 epochs instead of batch 256 for 100 (about 87% of its
+# docs/experiments.md, at batch 128 for 4 epochs instead of batch 384 for 120 (about 87% of its
 # samples judged decent, as the former PLAY GAN).
 PLAY = {
     "classifier.arch": "fastcnn", "classifier.optimizer.name": "adam",
